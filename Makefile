@@ -1,0 +1,50 @@
+# `make test` sets up everything on a fresh machine, then runs every check.
+# Set-up steps are idempotent and cheap when already done.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the tests use: promtool and prometheus for the metrics tests.
+DEB_PACKAGES := prometheus
+
+.PHONY: test setup venv debs control-plane lint typecheck pytest clean
+
+test: setup lint typecheck pytest
+
+setup: venv debs control-plane
+
+# Reinstalled only when pyproject.toml changes.
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Builds kube-apiserver, kubectl, etcd and helm once, cached by version outside the tree.
+control-plane:
+	@tools/k8s/build.sh >/dev/null
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+# The e2e fixture finds the control plane in the build cache; tools/k8s/build.sh
+# prints its directory, handed over here so both agree on where it is.
+pytest: venv control-plane
+	bin=$$(tools/k8s/build.sh 2>/dev/null) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

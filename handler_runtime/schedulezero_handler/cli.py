@@ -1,0 +1,45 @@
+"""The ``schedulezero`` command.
+
+Subcommands come from the ``schedulezero.commands`` entry-point group: each
+entry is a callable that adds its parsers to the subparsers it is given. The
+operator and the conductor register theirs from their own packages, so this
+module, part of the light handler runtime, never imports them, and a command
+whose extra is not installed is simply absent from ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+import schedulezero_handler
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+"""Adds subcommand parsers; each parser sets ``func(args) -> int`` as its default."""
+
+COMMANDS_GROUP = "schedulezero.commands"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="schedulezero",
+        description="Scheduled calls into long-running handler services over ZeroMQ.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {schedulezero_handler.__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for entry_point in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        register: Register = entry_point.load()
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

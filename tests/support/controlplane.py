@@ -1,0 +1,292 @@
+"""A real, local Kubernetes control plane: etcd and kube-apiserver as processes.
+
+No controllers and no kubelet run, so pods are admitted but never started and
+namespaces are never finalized; everything the API server does itself (CRDs,
+CEL validation, defaulting, RBAC, admission, watches) is real. Used by the e2e
+tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "tools" / "k8s" / "build.sh"
+BINARIES = ("etcd", "kube-apiserver", "kubectl", "helm")
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be found or started; the message says why."""
+
+
+class ToolError(RuntimeError):
+    """kubectl or helm failed; the message carries its output."""
+
+
+def find_binaries() -> pathlib.Path:
+    """The directory holding the control-plane binaries.
+
+    ``SCHEDULEZERO_K8S_BIN`` when set (``make`` sets it), else whatever the
+    build script reports, which builds the binaries first if they are missing.
+    """
+    configured = os.environ.get("SCHEDULEZERO_K8S_BIN")
+    if configured:
+        bin_dir = pathlib.Path(configured)
+    else:
+        done = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ControlPlaneError(f"{BUILD_SCRIPT} failed:\n{done.stderr[-4000:]}")
+        bin_dir = pathlib.Path(done.stdout.strip().splitlines()[-1])
+    missing = [name for name in BINARIES if not os.access(bin_dir / name, os.X_OK)]
+    if missing:
+        raise ControlPlaneError(f"missing in {bin_dir}: {', '.join(missing)}; run tools/k8s/build.sh")
+    return bin_dir
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """How to reach a Kubernetes API server."""
+
+    kubeconfig: pathlib.Path
+    bin_dir: pathlib.Path
+
+    def tool(
+        self, name: str, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        done = subprocess.run(
+            [str(self.bin_dir / name), *args],
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise ToolError(f"{name} {' '.join(args)} exited with {done.returncode}:\n{done.stderr}{done.stdout}")
+        return done
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.tool("kubectl", *args, check=check, input=input)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.tool("helm", *args, check=check)
+
+
+@dataclasses.dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: pathlib.Path
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            return f"--- {self.name}: no log"
+        return f"--- last {len(text)} lines of {self.name} ({self.log}):\n" + "\n".join(text)
+
+
+class LocalControlPlane:
+    """etcd and kube-apiserver on free loopback ports, in a temporary directory."""
+
+    def __init__(self, bin_dir: pathlib.Path) -> None:
+        self.bin_dir = bin_dir
+        self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="schedulezero-k8s-"))
+        self.token = secrets.token_hex(24)
+        self.etcd_port = free_port()
+        self.apiserver_port = free_port()
+        self.processes: list[_Process] = []
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def ca_file(self) -> pathlib.Path:
+        # kube-apiserver writes a self-signed serving certificate, followed by
+        # the CA that signed it, when it is given no certificate of its own.
+        return self.workdir / "certs" / "apiserver.crt"
+
+    def start(self, *, timeout: float = 120.0) -> Cluster:
+        try:
+            self._start_etcd()
+            self._start_apiserver()
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return Cluster(kubeconfig=self._write_kubeconfig(), bin_dir=self.bin_dir)
+
+    def restart_apiserver(self, *, timeout: float = 120.0) -> None:
+        """Stops and restarts kube-apiserver on the same port, keeping etcd (and so all objects)."""
+        apiserver = next(p for p in self.processes if p.name == "kube-apiserver")
+        apiserver.stop()
+        self.processes.remove(apiserver)
+        self._start_apiserver()
+        self._wait_ready(timeout)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def logs(self) -> str:
+        return "\n".join(process.tail() for process in self.processes)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [str(self.bin_dir / name), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes.append(_Process(name, popen, log))
+
+    def _start_etcd(self) -> None:
+        peer = f"http://127.0.0.1:{free_port()}"
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        self._spawn(
+            "etcd",
+            [
+                "--name=schedulezero-test",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=schedulezero-test={peer}",
+                "--log-level=warn",
+                # A throwaway test store: durability is not worth an fsync per write.
+                "--unsafe-no-fsync",
+            ],
+        )
+
+    def _start_apiserver(self) -> None:
+        tokens = self.workdir / "tokens.csv"
+        tokens.write_text(f"{self.token},admin,admin,system:masters\n")
+        sa_key = self.workdir / "sa.key"
+        if not sa_key.exists():
+            subprocess.run(
+                ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True
+            )
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.workdir / 'certs'}",
+                f"--token-auth-file={tokens}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={sa_key}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                # The kubernetes Service endpoint cannot point at loopback; nothing here needs it.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the certificate appears only once the server is up
+        request = urllib.request.Request(
+            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        last_error = ""
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.popen.poll() is not None:
+                    raise ControlPlaneError(
+                        f"{process.name} exited with {process.popen.returncode}\n{self.logs()}"
+                    )
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as error:
+                last_error = str(error)
+            time.sleep(0.25)
+        raise ControlPlaneError(
+            f"kube-apiserver not ready after {timeout:.0f} s ({last_error})\n{self.logs()}"
+        )
+
+    def _write_kubeconfig(self) -> pathlib.Path:
+        kubeconfig = self.workdir / "kubeconfig"
+        kubeconfig.write_text(
+            f"""apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {self.server}
+    certificate-authority: {self.ca_file}
+users:
+- name: admin
+  user:
+    token: {self.token}
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: admin
+    namespace: default
+current-context: local
+"""
+        )
+        return kubeconfig
+
+
+@contextlib.contextmanager
+def running(bin_dir: pathlib.Path | None = None) -> Iterator[tuple[LocalControlPlane, Cluster]]:
+    """A started control plane, stopped and removed on exit."""
+    plane = LocalControlPlane(bin_dir or find_binaries())
+    try:
+        yield plane, plane.start()
+    finally:
+        plane.cleanup()
