@@ -55,9 +55,7 @@ def test_example_applies(cluster: controlplane.Cluster, namespace: str, example:
 
 def test_defaults_are_filled_in(cluster: controlplane.Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "schedule-every.yaml"))
-    spec = json.loads(cluster.kubectl("get", "sched", "heartbeat", "-n", namespace, "-o", "json").stdout)[
-        "spec"
-    ]
+    spec = json.loads(cluster.kubectl("get", "sched", "heartbeat", "-n", namespace, "-o", "json").stdout)["spec"]
     assert spec["timeZone"] == "UTC"
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["catchUpPolicy"] == "Skip"  # set in the example, not overwritten
@@ -70,12 +68,8 @@ def test_defaults_are_filled_in(cluster: controlplane.Cluster, namespace: str) -
 
 def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "schedule-cron-timezone.yaml"))
-    next_run = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
-    last_run = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
+    next_run = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    last_run = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = {
         "status": {
             "nextRunTime": next_run,
@@ -193,9 +187,7 @@ def test_every_schema_field_has_a_description() -> None:
 
     for crd_file in CRDS.glob("*.yaml"):
         crd = yaml.safe_load(crd_file.read_text())
-        assert (
-            walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], crd["spec"]["names"]["kind"]) == []
-        )
+        assert walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], crd["spec"]["names"]["kind"]) == []
 
 
 SCHEDULE = {"handler": "h", "method": "m", "schedule": "@every 5s"}
@@ -278,9 +270,7 @@ def test_invalid_handler_is_rejected_naming_the_field(
         assert field in error
 
 
-def test_helm_assumes_the_same_kubernetes_version(
-    cluster: controlplane.Cluster, tmp_path: pathlib.Path
-) -> None:
+def test_helm_assumes_the_same_kubernetes_version(cluster: controlplane.Cluster, tmp_path: pathlib.Path) -> None:
     chart = tmp_path / "probe"
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")

@@ -34,9 +34,7 @@ def test_every_staging_module_is_replaced_with_the_matching_tag(upstream_gomod: 
     versions = generate.read_versions()
     wrapper = (TOOLS / "kubernetes" / "go.mod").read_text()
     replaced = dict(re.findall(r"^\s*(k8s\.io/\S+) => \1 (v\S+)$", wrapper, flags=re.MULTILINE))
-    staging = {
-        m for m, v in generate.required(upstream_gomod).items() if m.startswith("k8s.io/") and v == "v0.0.0"
-    }
+    staging = {m for m, v in generate.required(upstream_gomod).items() if m.startswith("k8s.io/") and v == "v0.0.0"}
     assert len(staging) > 20
     assert set(replaced) == staging
     assert set(replaced.values()) == {generate.staging_version(versions["KUBERNETES_VERSION"])}
@@ -50,8 +48,6 @@ def test_etcd_is_the_version_kubernetes_uses(upstream_gomod: str) -> None:
 
 
 def test_required_reads_blocks_and_single_lines() -> None:
-    gomod = (
-        "module m\n\nrequire a.b/c v1.2.3\n\nrequire (\n\tk8s.io/api v0.0.0\n\tx.y/z v0.1.0 // indirect\n)\n"
-    )
+    gomod = "module m\n\nrequire a.b/c v1.2.3\n\nrequire (\n\tk8s.io/api v0.0.0\n\tx.y/z v0.1.0 // indirect\n)\n"
     assert generate.required(gomod) == {"a.b/c": "v1.2.3", "k8s.io/api": "v0.0.0", "x.y/z": "v0.1.0"}
     assert generate.staging_version("v1.37.2") == "v0.37.2"

@@ -87,9 +87,7 @@ class Cluster:
             raise ToolError(f"{name} {' '.join(args)} exited with {done.returncode}:\n{done.stderr}{done.stdout}")
         return done
 
-    def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.tool("kubectl", *args, check=check, input=input)
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -206,9 +204,7 @@ class LocalControlPlane:
         tokens.write_text(f"{self.token},admin,admin,system:masters\n")
         sa_key = self.workdir / "sa.key"
         if not sa_key.exists():
-            subprocess.run(
-                ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True
-            )
+            subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True)
         self._spawn(
             "kube-apiserver",
             [
@@ -235,16 +231,12 @@ class LocalControlPlane:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # the certificate appears only once the server is up
-        request = urllib.request.Request(
-            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
-        )
+        request = urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"})
         last_error = ""
         while time.monotonic() < deadline:
             for process in self.processes:
                 if process.popen.poll() is not None:
-                    raise ControlPlaneError(
-                        f"{process.name} exited with {process.popen.returncode}\n{self.logs()}"
-                    )
+                    raise ControlPlaneError(f"{process.name} exited with {process.popen.returncode}\n{self.logs()}")
             try:
                 with urllib.request.urlopen(request, timeout=5, context=context) as response:
                     if response.status == 200:
@@ -252,9 +244,7 @@ class LocalControlPlane:
             except (urllib.error.URLError, OSError) as error:
                 last_error = str(error)
             time.sleep(0.25)
-        raise ControlPlaneError(
-            f"kube-apiserver not ready after {timeout:.0f} s ({last_error})\n{self.logs()}"
-        )
+        raise ControlPlaneError(f"kube-apiserver not ready after {timeout:.0f} s ({last_error})\n{self.logs()}")
 
     def _write_kubeconfig(self) -> pathlib.Path:
         kubeconfig = self.workdir / "kubeconfig"
