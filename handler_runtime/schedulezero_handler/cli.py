@@ -13,10 +13,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from typing import TypeAlias
 
 import schedulezero_handler
 
-Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Register: TypeAlias = Callable[[Subparsers], None]
 """Adds subcommand parsers; each parser sets ``func(args) -> int`` as its default."""
 
 COMMANDS_GROUP = "schedulezero.commands"

@@ -1,0 +1,44 @@
+"""The reference handler for sleep: a large in-memory cache, dropped when idle.
+
+``on_start`` and ``on_wake`` build the cache (``cache_entries`` in the config,
+default 500,000 entries, a few hundred MB); ``on_sleep`` drops it, after which
+the runtime collects garbage and trims the C heap so the memory really goes
+back to the operating system.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schedulezero_handler import Handler, expose
+
+
+class CacheHandler(Handler):
+    version = "1.0.0"
+
+    async def on_start(self) -> None:
+        self.cache: dict[str, dict[str, Any]] = {}
+        self._build()
+
+    async def on_sleep(self) -> None:
+        self.cache = {}
+
+    async def on_wake(self) -> None:
+        self._build()
+
+    def _build(self) -> None:
+        entries = int(self.config.get("cache_entries", 500_000))
+        self.cache = {
+            f"customer-{i}": {"id": i, "name": f"Customer {i}", "notes": f"note {i} " * 20, "tags": [i % 7, i % 11]}
+            for i in range(entries)
+        }
+
+    @expose
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """One cached record, or null."""
+        return self.cache.get(key)
+
+    @expose
+    def size(self) -> int:
+        """Entries in the cache (0 while asleep)."""
+        return len(self.cache)

@@ -1,0 +1,254 @@
+"""Calling handlers: one DEALER socket per endpoint, shared by every call to it.
+
+A reader task per connection resolves replies by call id, so any number of
+calls can be in flight on one socket. Every call has a deadline and a socket
+monitor fails calls at once when the connection drops, so a dead handler
+costs a caller at most its timeout, never a hang. Retries keep the call id:
+a handler that already ran the call answers from its reply cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import zmq
+import zmq.asyncio
+import zmq.utils.monitor
+
+from schedulezero_handler import errors, protocol, security
+
+log = logging.getLogger(__name__)
+
+REPLY_GRACE = 0.5
+"""Seconds a caller waits beyond the deadline it sends, so the handler's own
+DeadlineExceeded (which names the method) arrives before the caller gives up."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter between attempts of retryable errors."""
+
+    max_attempts: int = 3
+    """Attempts in all, the first one included."""
+    backoff: float = 1.0
+    """Upper bound of the wait before the second attempt, in seconds; it doubles each time."""
+    max_backoff: float = 60.0
+    """Cap of that bound."""
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The wait after ``attempt`` failed: uniform in [0, min(max_backoff, backoff·2^(attempt-1))]."""
+        return rng.uniform(0.0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClientSettings:
+    """Socket behaviour of every connection a Client opens."""
+
+    curve: security.CurveClient | None = None
+    """CurveZMQ keys; None talks in clear text."""
+    heartbeat_interval: float = 2.0
+    """Seconds between ZMTP heartbeats; a peer silent for three intervals is dropped."""
+    reconnect_interval: float = 0.1
+    """First wait before reconnecting to a handler that went away."""
+    reconnect_interval_max: float = 5.0
+    """Cap of the reconnect wait, which grows while the handler stays away."""
+    max_message_size: int = 16 * protocol.MAX_MESSAGE_SIZE
+    """Largest reply accepted; larger ones close the connection."""
+
+
+class _Connection:
+    """A DEALER connected to one endpoint, with its reader and monitor tasks."""
+
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str, settings: ClientSettings) -> None:
+        self.endpoint = endpoint
+        self.pending: dict[bytes, asyncio.Future[protocol.Reply]] = {}
+        self.refused: errors.Unauthorized | None = None
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        heartbeat_ms = int(settings.heartbeat_interval * 1000)
+        socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+        socket.setsockopt(zmq.HEARTBEAT_TTL, 3 * heartbeat_ms)
+        socket.setsockopt(zmq.RECONNECT_IVL, int(settings.reconnect_interval * 1000))
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(settings.reconnect_interval_max * 1000))
+        socket.setsockopt(zmq.MAXMSGSIZE, settings.max_message_size)
+        if settings.curve is not None:
+            settings.curve.apply(socket)
+        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        self.monitor: zmq.asyncio.Socket = socket.get_monitor_socket(events)
+        socket.connect(endpoint)
+        self.socket = socket
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart()
+            try:
+                kind, call_id, _, body = protocol.split(frames, max_size=2**63)
+                reply = protocol.decode_reply(kind, call_id, body)
+            except (protocol.ProtocolError, errors.CallError) as error:
+                log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
+                continue
+            future = self.pending.get(call_id)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def _watch(self) -> None:
+        while True:
+            event = zmq.utils.monitor.parse_monitor_message(await self.monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.fail_pending(errors.Unavailable(f"connection to {self.endpoint} lost"))
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
+                self.fail_pending(self.refused)
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused = None
+
+    def fail_pending(self, error: errors.CallError) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def attempt(self, call: protocol.Call, wait: float) -> Any:
+        """One attempt: send, then wait up to ``wait`` seconds for the reply."""
+        if self.refused is not None:
+            raise self.refused
+        future = self.pending.get(call.call_id)
+        owner = future is None
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self.pending[call.call_id] = future
+        # Connected, the send completes at once. Not connected (IMMEDIATE), it waits
+        # for a connection, and the monitor may fail the call meanwhile (key refused).
+        send = asyncio.ensure_future(self.socket.send_multipart(protocol.encode_call(call)))
+        try:
+            async with asyncio.timeout(wait):
+                if not send.done():
+                    await asyncio.wait((send, future), return_when=asyncio.FIRST_COMPLETED)
+                reply = await asyncio.shield(future)
+        except TimeoutError:
+            if not send.done():
+                raise errors.Unavailable(f"no connection to {self.endpoint} within {wait:.1f} s") from None
+            raise errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s") from None
+        finally:
+            if not send.done():
+                send.cancel()
+            if owner:
+                self.pending.pop(call.call_id, None)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.fail_pending(errors.Unavailable("client closed"))
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+
+class Client:
+    """Calls methods on handlers. Use one per process; it is cheap to share across tasks."""
+
+    def __init__(self, settings: ClientSettings | None = None, *, context: zmq.asyncio.Context | None = None) -> None:
+        self.settings = settings or ClientSettings()
+        self._context = context or zmq.asyncio.Context.instance()
+        self._connections: dict[str, _Connection] = {}
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _connection(self, endpoint: str) -> _Connection:
+        connection = self._connections.get(endpoint)
+        if connection is None:
+            connection = self._connections[endpoint] = _Connection(self._context, endpoint, self.settings)
+        return connection
+
+    async def call(
+        self,
+        endpoint: str,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: RetryPolicy = NO_RETRY,
+        call_id: bytes | None = None,
+        schedule: str | None = None,
+        scheduled_time: str | None = None,
+        retry_until: float | None = None,
+        rng: random.Random | None = None,
+    ) -> Any:
+        """Calls ``method`` and returns its result, or raises the CallError it ended with.
+
+        ``timeout`` bounds each attempt. Retryable errors are retried per
+        ``retry`` with the same call id; no attempt starts at or after
+        ``retry_until`` (event-loop time), so retries never overrun the next run.
+        The raised error's ``attempts`` says how many were made.
+        """
+        call_id = call_id or protocol.new_call_id()
+        payload = dict(params or {})
+        rng = rng or random.Random(call_id)
+        connection = self._connection(endpoint)
+        loop = asyncio.get_running_loop()
+        attempt = 1
+        while True:
+            call = protocol.Call(
+                call_id=call_id,
+                method=method,
+                params=payload,
+                timeout_ms=max(1, int(timeout * 1000)),
+                attempt=attempt,
+                schedule=schedule,
+                scheduled_time=scheduled_time,
+            )
+            try:
+                return await connection.attempt(call, timeout + REPLY_GRACE)
+            except errors.CallError as error:
+                error.attempts = attempt
+                if not error.retryable or attempt >= retry.max_attempts:
+                    raise
+                delay = retry.delay(attempt, rng)
+                if retry_until is not None and loop.time() + delay >= retry_until:
+                    raise
+                log.debug(
+                    "%s on %s failed (%s), attempt %d; retrying in %.2f s",
+                    method,
+                    endpoint,
+                    error,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def cancel(self, endpoint: str, call_id: bytes, *, timeout: float = 5.0) -> bool:
+        """Asks the handler to cancel a running call; True if it was running."""
+        result = await self.call(endpoint, "sys.cancel", {"call_id": call_id.hex()}, timeout=timeout)
+        return bool(result["cancelled"])
+
+    async def disconnect(self, endpoint: str) -> None:
+        """Closes the connection to a handler that is gone; calls in flight fail Unavailable."""
+        connection = self._connections.pop(endpoint, None)
+        if connection is not None:
+            await connection.close()
+
+    async def close(self) -> None:
+        for endpoint in list(self._connections):
+            with contextlib.suppress(Exception):
+                await self.disconnect(endpoint)

@@ -1,0 +1,123 @@
+"""CurveZMQ: encrypted calls, and only from callers whose public key is on file.
+
+Keys are pyzmq's certificate files: ``NAME.key`` holds a public key,
+``NAME.key_secret`` the pair. The handler is the CURVE server; its ZAP
+authenticator accepts a client only if the client's public key is in one of
+the ``*.key`` files of a directory. That directory is typically a mounted
+Kubernetes Secret, which the kubelet updates in place, so it is re-read when
+its contents change and a key can be added or revoked without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import pathlib
+from typing import Any
+
+import zmq
+import zmq.asyncio
+import zmq.auth
+import zmq.auth.asyncio
+
+log = logging.getLogger(__name__)
+
+
+def load_pair(path: pathlib.Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file; ValueError naming the file otherwise."""
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{path} holds no secret key (expected a .key_secret file)")
+    return public, secret
+
+
+def load_public(path: pathlib.Path) -> bytes:
+    public, _ = zmq.auth.load_certificate(path)
+    return public
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurveServer:
+    """The handler's side of CURVE."""
+
+    secret_key_file: pathlib.Path
+    """The handler's key pair (``.key_secret``)."""
+    authorized_keys: pathlib.Path
+    """Directory of ``*.key`` files: the client public keys that may call."""
+    reload_interval: float = 2.0
+    """Seconds between checks of ``authorized_keys`` for changes."""
+
+    def apply(self, socket: zmq.Socket[Any]) -> None:
+        public, secret = load_pair(self.secret_key_file)
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurveClient:
+    """A caller's side of CURVE: its own key pair and the handler's public key."""
+
+    server_public_key: bytes
+    public_key: bytes
+    secret_key: bytes
+
+    @classmethod
+    def from_files(cls, *, server_key: pathlib.Path, client_key: pathlib.Path) -> CurveClient:
+        public, secret = load_pair(client_key)
+        return cls(server_public_key=load_public(server_key), public_key=public, secret_key=secret)
+
+    def apply(self, socket: zmq.Socket[Any]) -> None:
+        socket.curve_serverkey = self.server_public_key
+        socket.curve_publickey = self.public_key
+        socket.curve_secretkey = self.secret_key
+
+
+def _fingerprint(directory: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.key")):
+        digest.update(path.name.encode())
+        with contextlib.suppress(OSError):  # removed between glob and read: seen next time
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class KeyDirectoryAuthenticator:
+    """ZAP for one context, from a directory of client keys that is watched for changes."""
+
+    def __init__(self, context: zmq.asyncio.Context, curve: CurveServer) -> None:
+        self._curve = curve
+        self._auth = zmq.auth.asyncio.AsyncioAuthenticator(context)
+        self._watch: asyncio.Task[None] | None = None
+        self._fingerprint = ""
+
+    async def start(self) -> None:
+        directory = self._curve.authorized_keys
+        if not directory.is_dir():
+            raise FileNotFoundError(f"authorized keys directory {directory} does not exist")
+        self._auth.start()
+        self._load()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_directory())
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._auth.stop()
+
+    def _load(self) -> None:
+        self._fingerprint = _fingerprint(self._curve.authorized_keys)
+        self._auth.configure_curve(domain="*", location=str(self._curve.authorized_keys))
+        count = len(self._auth.certs.get("*", {}))
+        log.info("accepting %d client keys from %s", count, self._curve.authorized_keys)
+
+    async def _watch_directory(self) -> None:
+        while True:
+            await asyncio.sleep(self._curve.reload_interval)
+            try:
+                if _fingerprint(self._curve.authorized_keys) != self._fingerprint:
+                    self._load()
+            except OSError as error:
+                log.warning("cannot read authorized keys: %s", error)

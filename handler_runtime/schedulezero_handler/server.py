@@ -1,0 +1,405 @@
+"""Serving a Handler on a ZeroMQ ROUTER socket.
+
+The receive loop only parses and dispatches: every call, ``sys.*`` verbs
+included, runs in its own task, so a slow method or hook never delays the
+next message. Nothing a peer sends can stop the loop: a malformed envelope is
+dropped and counted, a bad request gets an error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import enum
+import functools
+import logging
+import time
+import traceback
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+import schedulezero_handler
+from schedulezero_handler import dedup, errors, health, metrics, params, protocol, security, sleep
+from schedulezero_handler import handler as handler_
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.StrEnum):
+    ACTIVE = "active"
+    SLEEPING = "sleeping"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """How a handler is served; the ``schedulezero handler`` options map onto these."""
+
+    bind: str = "tcp://0.0.0.0:5555"
+    """ZeroMQ endpoint to bind; port 0 picks a free port (see ``Server.endpoint``)."""
+    idle_timeout: float = 300.0
+    """Seconds without calls (``sys.*`` verbs do not count) before sleeping; 0 never sleeps."""
+    max_concurrent_calls: int = 64
+    """Calls running at once; more are answered ``Busy``. Also the worker threads for sync methods."""
+    max_message_size: int = protocol.MAX_MESSAGE_SIZE
+    """Larger messages are dropped unanswered."""
+    drain_timeout: float = 30.0
+    """On stop, how long in-flight calls may finish before they are cancelled."""
+    reply_ttl: float = 600.0
+    """How long a finished reply is kept for duplicates of its call id."""
+    reply_cache_size: int = 10_000
+    """How many finished replies are kept for duplicates at most."""
+    http_port: int | None = None
+    """Port of the ``/healthz`` and ``/readyz`` endpoints; None serves none."""
+    http_host: str = "0.0.0.0"
+    """Address of the health endpoints."""
+    curve: security.CurveServer | None = None
+    """CurveZMQ keys; None serves in clear text to any client."""
+
+
+@dataclasses.dataclass
+class _Running:
+    task: asyncio.Task[list[bytes]]
+    waiters: list[bytes]
+    """ROUTER identities waiting for the reply: the caller and any duplicates that joined."""
+
+
+class Server:
+    """Serves one Handler instance until ``stop``."""
+
+    def __init__(
+        self,
+        handler: handler_.Handler,
+        settings: ServerSettings | None = None,
+        *,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings or ServerSettings()
+        self.methods = handler_.exposed_methods(handler)
+        self.state = State.ACTIVE
+        self.stats = metrics.CallStats()
+        self.process = metrics.ProcessMetrics()
+        self.ready = False
+        self.draining = False
+        self._context = context or zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._running: dict[bytes, _Running] = {}
+        self._replies = dedup.ReplyCache(ttl=self.settings.reply_ttl, max_entries=self.settings.reply_cache_size)
+        self._state_lock = asyncio.Lock()
+        self._last_activity = time.monotonic()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.settings.max_concurrent_calls, thread_name_prefix="schedulezero-call"
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = asyncio.Event()
+        self._authenticator: security.KeyDirectoryAuthenticator | None = None
+        self._http: health.HealthServer | None = None
+        self.endpoint = ""
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Binds, runs ``on_start``, and starts serving; ready once it returns."""
+        socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 1000)  # let the last replies out on stop
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size)
+        socket.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+        if self.settings.curve is not None:
+            self._authenticator = security.KeyDirectoryAuthenticator(self._context, self.settings.curve)
+            await self._authenticator.start()
+            self.settings.curve.apply(socket)
+        socket.bind(self.settings.bind)
+        self._socket = socket
+        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.settings.http_port is not None:
+            self._http = health.HealthServer(self, host=self.settings.http_host, port=self.settings.http_port)
+            self._http.start(asyncio.get_running_loop())
+        await self.handler.on_start()
+        self._spawn(self._receive_loop())
+        if self.settings.idle_timeout > 0:
+            self._spawn(self._idle_watch())
+        self.ready = True
+        log.info("serving %s on %s (%d methods)", type(self.handler).__name__, self.endpoint, len(self.methods))
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, *, drain_timeout: float | None = None) -> None:
+        """Stops accepting calls, lets in-flight ones finish, runs ``on_stop``, closes."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        self.ready = False
+        grace = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        pending = [running.task for running in self._running.values()]
+        if pending:
+            log.info("draining %d in-flight calls (up to %.0f s)", len(pending), grace)
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel("handler stopping")
+            if late:
+                await asyncio.wait(late)
+            await asyncio.sleep(0)  # their done-callbacks queue the replies
+        try:
+            await self.handler.on_stop()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._socket is not None:
+                self._socket.close()
+            if self._authenticator is not None:
+                self._authenticator.stop()
+            if self._http is not None:
+                self._http.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._stopped.set()
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- receiving ----------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._socket is not None
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                self._dispatch(frames[0], frames[1:])
+            except Exception:  # a bug here must not stop the handler
+                self.stats.dropped_messages += 1
+                log.exception("dropping a message that could not be dispatched")
+
+    def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            kind, call_id, header, body = protocol.split(frames, max_size=self.settings.max_message_size)
+        except protocol.ProtocolError as error:
+            self.stats.dropped_messages += 1
+            log.debug("dropped a malformed message: %s", error)
+            return
+        except errors.BadRequest as error:
+            self._reply_now(identity, protocol.encode_error(bytes(frames[2]), error))
+            return
+        if kind is not protocol.Kind.CALL:
+            self._reply_now(
+                identity, protocol.encode_error(call_id, errors.BadRequest(f"{kind.name} is not a request"))
+            )
+            return
+        try:
+            call = protocol.decode_call(call_id, header, body)
+        except errors.CallError as error:
+            self._reply_now(identity, protocol.encode_error(call_id, error))
+            return
+        if call.method in protocol.SYS_VERBS:
+            self._spawn(self._answer(identity, call.call_id, self._system(call)))
+            return
+        self._accept(identity, call)
+
+    def _accept(self, identity: bytes, call: protocol.Call) -> None:
+        """Starts a method call, or answers a duplicate, or refuses it."""
+        stored = self._replies.get(call.call_id)
+        if stored is not None:
+            self._reply_now(identity, stored)
+            return
+        running = self._running.get(call.call_id)
+        if running is not None:
+            running.waiters.append(identity)
+            return
+        refusal = self._refusal(call)
+        if refusal is not None:
+            self.stats.finished(call.method, refusal.type)
+            self._reply_now(identity, protocol.encode_error(call.call_id, refusal))
+            return
+        method = self.methods[call.method]
+        self.stats.in_flight += 1
+        self._last_activity = time.monotonic()
+        task = self._spawn(self._execute(call, method))
+        self._running[call.call_id] = _Running(task, [identity])
+        task.add_done_callback(functools.partial(self._finished, call))
+
+    def _refusal(self, call: protocol.Call) -> errors.CallError | None:
+        if self.draining:
+            return errors.Unavailable("handler is shutting down")
+        if call.method.startswith(protocol.RESERVED_PREFIX):
+            return errors.MethodNotFound(f"{call.method!r} is not a known system verb")
+        method = self.methods.get(call.method)
+        if method is None:
+            return errors.MethodNotFound(
+                f"no exposed method {call.method!r} (exposed: {', '.join(sorted(self.methods))})"
+            )
+        try:
+            params.check(call.params, method.params)
+        except errors.InvalidParams as error:
+            return error
+        if self.stats.in_flight >= self.settings.max_concurrent_calls:
+            return errors.Busy(f"{self.stats.in_flight} calls in flight, the maximum")
+        return None
+
+    # -- running a method ---------------------------------------------------------
+
+    async def _execute(self, call: protocol.Call, method: handler_.Method) -> list[bytes]:
+        """Runs the method within its deadline; always returns reply frames."""
+        try:
+            if self.state is State.SLEEPING:
+                await self.wake()
+            async with asyncio.timeout(call.timeout_ms / 1000):
+                if method.is_async:
+                    value = await method.func(**call.params)
+                else:
+                    loop = asyncio.get_running_loop()
+                    value = await loop.run_in_executor(self._executor, functools.partial(method.func, **call.params))
+            protocol.check_json(value, "result")
+            return protocol.encode_result(call.call_id, value)
+        except TimeoutError:
+            error: errors.CallError = errors.DeadlineExceeded(
+                f"{call.method} did not finish within {call.timeout_ms} ms"
+            )
+        except asyncio.CancelledError:
+            # Only this server cancels calls (sys.cancel, or stop after the drain timeout).
+            error = errors.Cancelled(f"{call.method} was cancelled")
+        except errors.CallError as raised:  # a method may answer Busy or Unavailable itself
+            error = raised
+        except Exception as raised:  # what the method raised, or a result JSON cannot carry
+            error = _handler_error(raised)
+        return protocol.encode_error(call.call_id, error)
+
+    def _finished(self, call: protocol.Call, task: asyncio.Task[list[bytes]]) -> None:
+        self.stats.in_flight -= 1
+        self._last_activity = time.monotonic()
+        frames = (
+            task.result()
+            if not task.cancelled()
+            else protocol.encode_error(call.call_id, errors.Cancelled(f"{call.method} was cancelled"))
+        )
+        self.stats.finished(call.method, _outcome(frames))
+        self._replies.put(call.call_id, frames)
+        running = self._running.pop(call.call_id)
+        for identity in running.waiters:
+            self._reply_now(identity, frames)
+
+    def _reply_now(self, identity: bytes, frames: list[bytes]) -> None:
+        """Queues a reply without waiting; a caller that has gone away is counted, not an error."""
+        assert self._socket is not None
+        try:
+            self._socket.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as error:
+            self.stats.dropped_messages += 1
+            log.debug("reply not delivered: %s", error)
+
+    async def _answer(self, identity: bytes, call_id: bytes, work: Any) -> None:
+        try:
+            value = await work
+            frames = protocol.encode_result(call_id, value)
+        except errors.CallError as error:
+            frames = protocol.encode_error(call_id, error)
+        except Exception as raised:
+            frames = protocol.encode_error(call_id, _handler_error(raised))
+        self._reply_now(identity, frames)
+
+    # -- sleep --------------------------------------------------------------------
+
+    async def sleep(self) -> None:
+        """Runs ``on_sleep`` and returns memory to the OS; calls in flight are refused as Busy."""
+        async with self._state_lock:
+            if self.state is State.SLEEPING:
+                return
+            if self.stats.in_flight:
+                raise errors.Busy(f"cannot sleep with {self.stats.in_flight} calls in flight")
+            await self.handler.on_sleep()
+            await asyncio.get_running_loop().run_in_executor(None, sleep.release_memory)
+            self.state = State.SLEEPING
+            log.info("sleeping")
+
+    async def wake(self) -> None:
+        async with self._state_lock:
+            if self.state is State.ACTIVE:
+                return
+            await self.handler.on_wake()
+            self.state = State.ACTIVE
+            self._last_activity = time.monotonic()
+            log.info("awake")
+
+    async def _idle_watch(self) -> None:
+        idle_timeout = self.settings.idle_timeout
+        while True:
+            idle = time.monotonic() - self._last_activity
+            if self.state is State.ACTIVE and not self.stats.in_flight and idle >= idle_timeout:
+                try:
+                    await self.sleep()
+                except errors.Busy:
+                    pass
+                except Exception:
+                    log.exception("on_sleep failed; staying active")
+                    self._last_activity = time.monotonic()
+            await asyncio.sleep(max(0.05, min(idle_timeout - idle if idle < idle_timeout else idle_timeout, 5.0)))
+
+    # -- sys.* verbs --------------------------------------------------------------
+
+    async def _system(self, call: protocol.Call) -> Any:
+        verb = call.method
+        if verb == "sys.health":
+            return {
+                "status": "ok",
+                "state": str(self.state),
+                "version": self.handler.version,
+                "ready": self.ready,
+            }
+        if verb == "sys.describe":
+            return {
+                "handler": type(self.handler).__qualname__,
+                "version": self.handler.version,
+                "runtime": schedulezero_handler.__version__,
+                "methods": [self.methods[name].describe() for name in sorted(self.methods)],
+            }
+        if verb == "sys.metrics":
+            return {
+                **self.process.snapshot(),
+                "state": str(self.state),
+                "calls": self.stats.by_method(),
+                "in_flight": self.stats.in_flight,
+                "dropped_messages": self.stats.dropped_messages,
+            }
+        if verb == "sys.sleep":
+            await self.sleep()
+            return {"state": str(self.state)}
+        if verb == "sys.wake":
+            await self.wake()
+            return {"state": str(self.state)}
+        if verb == "sys.cancel":
+            return {"cancelled": self._cancel(call.params)}
+        raise errors.MethodNotFound(f"unknown system verb {verb!r}")
+
+    def _cancel(self, params: dict[str, Any]) -> bool:
+        raw = params.get("call_id")
+        try:
+            call_id = bytes.fromhex(raw) if isinstance(raw, str) else b""
+        except ValueError:
+            call_id = b""
+        if len(call_id) != protocol.CALL_ID_SIZE:
+            raise errors.InvalidParams("parameter 'call_id': expected the call id as 32 hex digits")
+        running = self._running.get(call_id)
+        if running is None or running.task.done():
+            return False
+        return running.task.cancel("sys.cancel")
+
+
+def _outcome(frames: list[bytes]) -> str:
+    if frames[1] == protocol.Kind.RESULT.value:
+        return "ok"
+    body = protocol.unpack(frames[4], "error")
+    return str(body.get("type", "error")) if isinstance(body, dict) else "error"
+
+
+def _handler_error(raised: BaseException) -> errors.HandlerError:
+    lines = traceback.format_exception(raised)
+    tail = "".join(lines[-4:]).strip()
+    return errors.HandlerError(f"{type(raised).__name__}: {raised}\n{tail}")

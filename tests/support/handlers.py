@@ -1,0 +1,88 @@
+"""Handlers used by the integration tests, served as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from typing import Any
+
+from schedulezero_handler import Handler, expose
+
+
+class ProbeHandler(Handler):
+    """Counts executions and records hook order, so tests can see what really ran."""
+
+    version = "9.9.9"
+
+    async def on_start(self) -> None:
+        self.executions: collections.Counter[str] = collections.Counter()
+        self.events: list[str] = ["start"]
+        self.ballast = b""
+
+    async def on_sleep(self) -> None:
+        self.events.append("sleep")
+        self.ballast = b""
+
+    async def on_wake(self) -> None:
+        self.events.append("wake")
+
+    @expose
+    async def echo(self, value: Any = None) -> Any:
+        """Returns what it was given."""
+        self.executions["echo"] += 1
+        self.events.append("echo")
+        return value
+
+    @expose
+    def add(self, a: int, b: int = 0) -> int:
+        """Sync: runs in a worker thread."""
+        self.executions["add"] += 1
+        return a + b
+
+    @expose
+    def thread_name(self) -> bool:
+        """True when called off the event loop's thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+
+    @expose
+    async def slow(self, seconds: float, key: str = "") -> str:
+        """Sleeps, counting starts and completions per key."""
+        self.executions[f"slow-start:{key}"] += 1
+        await asyncio.sleep(seconds)
+        self.executions[f"slow-done:{key}"] += 1
+        return key
+
+    @expose
+    def slow_sync(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @expose
+    async def fail(self, message: str) -> None:
+        raise ValueError(message)
+
+    @expose
+    async def bad_result(self) -> Any:
+        return {1, 2, 3}
+
+    @expose
+    async def counts(self) -> dict[str, int]:
+        return dict(self.executions)
+
+    @expose
+    async def history(self) -> list[str]:
+        return list(self.events)
+
+    @expose
+    async def pid(self) -> int:
+        return os.getpid()
+
+    def helper(self) -> str:
+        """Public but not exposed."""
+        return "secret"

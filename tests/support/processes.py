@@ -1,0 +1,82 @@
+"""Real handler processes, started with the ``schedulezero handler`` command."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from tests.support import controlplane
+
+SCHEDULEZERO = str(pathlib.Path(sys.executable).parent / "schedulezero")
+
+
+@dataclasses.dataclass
+class HandlerProcess:
+    endpoint: str
+    popen: subprocess.Popen[str]
+    log: pathlib.Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.returncode
+
+
+def start_handler(
+    target: str, log_dir: pathlib.Path, *args: str, port: int | None = None, timeout: float = 20.0
+) -> HandlerProcess:
+    """Starts a handler on 127.0.0.1 and waits until it says it is serving."""
+    port = port or controlplane.free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    log = log_dir / f"handler-{port}-{time.monotonic_ns()}.log"
+    out = log.open("w")
+    popen = subprocess.Popen(
+        [SCHEDULEZERO, "handler", target, "--bind", endpoint, "--app-dir", str(controlplane.REPO), *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    process = HandlerProcess(endpoint, popen, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "serving " in process.output():
+            return process
+        if popen.poll() is not None:
+            raise RuntimeError(f"handler exited with {popen.returncode}:\n{process.output()}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"handler not serving after {timeout} s:\n{process.output()}")
+
+
+@contextlib.contextmanager
+def running_handler(
+    target: str, log_dir: pathlib.Path, *args: str, port: int | None = None
+) -> Iterator[HandlerProcess]:
+    process = start_handler(target, log_dir, *args, port=port)
+    try:
+        yield process
+    finally:
+        process.kill()
