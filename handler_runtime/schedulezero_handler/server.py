@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import pathlib
 import time
 import traceback
 from typing import Any
@@ -399,7 +400,13 @@ def _outcome(frames: list[bytes]) -> str:
     return str(body.get("type", "error")) if isinstance(body, dict) else "error"
 
 
+_RUNTIME_DIR = str(pathlib.Path(__file__).parent)
+
+
 def _handler_error(raised: BaseException) -> errors.HandlerError:
-    lines = traceback.format_exception(raised)
-    tail = "".join(lines[-4:]).strip()
-    return errors.HandlerError(f"{type(raised).__name__}: {raised}\n{tail}")
+    """The exception with the last lines of its traceback in the handler's own code."""
+    frames = [
+        frame for frame in traceback.extract_tb(raised.__traceback__) if not frame.filename.startswith(_RUNTIME_DIR)
+    ]
+    where = "".join(traceback.format_list(frames[-3:]))
+    return errors.HandlerError(f"{type(raised).__name__}: {raised}\n{where}".rstrip())

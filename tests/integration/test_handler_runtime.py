@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import yaml
 import zmq
 import zmq.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedulezero_handler import client as client_
-from schedulezero_handler import errors, protocol
+from schedulezero_handler import errors, protocol, security
 from tests.support import processes
 
 PROBE = "tests.support.handlers:ProbeHandler"
@@ -285,3 +289,88 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path, client: cl
             await client.call(handler.endpoint, "echo", {"value": 1}, timeout=1)
         assert await in_flight == "drain"
         assert await asyncio.to_thread(handler.popen.wait, 10) == 0
+
+
+async def test_health_endpoints_follow_the_event_loop(tmp_path: pathlib.Path, client: client_.Client) -> None:
+    port = processes.controlplane.free_port()
+    with processes.running_handler(PROBE, tmp_path, "--http-port", str(port)) as handler:
+
+        def get(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert await asyncio.to_thread(get, "/readyz") == 200
+        assert await asyncio.to_thread(get, "/healthz") == 200
+        blocked = asyncio.ensure_future(client.call(handler.endpoint, "block_loop", {"seconds": 3}))
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(get, "/healthz") == 503  # the loop is stuck
+        await blocked
+        assert await asyncio.to_thread(get, "/healthz") == 200
+        assert await asyncio.to_thread(get, "/nope") == 404
+
+
+def test_call_command_prints_json_or_the_error(probe: processes.HandlerProcess) -> None:
+    ok = subprocess.run(
+        [processes.SCHEDULEZERO, "call", probe.endpoint, "echo", "--params", '{"value": {"n": 1}}'],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0
+    assert json.loads(ok.stdout) == {"n": 1}
+    failed = subprocess.run(
+        [processes.SCHEDULEZERO, "call", probe.endpoint, "add", "--params", '{"a": "x"}'],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("InvalidParams: parameter 'a'")
+    raised = subprocess.run(
+        [processes.SCHEDULEZERO, "call", probe.endpoint, "fail", "--params", '{"message": "disk full"}'],
+        capture_output=True,
+        text=True,
+    )
+    assert raised.returncode == 1
+    assert raised.stderr.startswith("HandlerError: ValueError: disk full")
+    assert "tests/support/handlers.py" in raised.stderr  # where it was raised, in the handler's code
+    assert "schedulezero_handler/server.py" not in raised.stderr
+
+
+def test_keys_generate_writes_files_and_a_secret(tmp_path: pathlib.Path) -> None:
+    done = subprocess.run(
+        [processes.SCHEDULEZERO, "keys", "generate", "operator", "--out", str(tmp_path), "--namespace", "ops"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    public = security.load_public(tmp_path / "operator.key")
+    assert public.decode() in done.stdout
+    assert security.load_pair(tmp_path / "operator.key_secret")[0] == public
+    assert (tmp_path / "operator.key_secret").stat().st_mode & 0o077 == 0
+    secret = yaml.safe_load((tmp_path / "operator-secret.yaml").read_text())
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"] == {
+        "name": "operator",
+        "namespace": "ops",
+        "labels": {"app.kubernetes.io/part-of": "schedulezero"},
+    }
+    assert set(secret["stringData"]) == {"operator.key", "operator.key_secret"}
+
+
+def test_handler_command_reports_what_cannot_be_loaded(tmp_path: pathlib.Path) -> None:
+    for target, message in [
+        ("no_such_module:Thing", "cannot import 'no_such_module'"),
+        ("tests.support.handlers:Missing", "has no attribute 'Missing'"),
+        ("tests.support.processes:HandlerProcess", "is not a subclass of schedulezero_handler.Handler"),
+        ("unregistered-name", "no handler named 'unregistered-name'"),
+    ]:
+        done = subprocess.run(
+            [processes.SCHEDULEZERO, "handler", target, "--app-dir", str(processes.controlplane.REPO)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 2
+        assert message in done.stderr

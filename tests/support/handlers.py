@@ -64,6 +64,11 @@ class ProbeHandler(Handler):
         return seconds
 
     @expose
+    async def block_loop(self, seconds: float) -> None:
+        """A badly written async method that blocks the event loop."""
+        time.sleep(seconds)  # noqa: ASYNC251  (on purpose)
+
+    @expose
     async def fail(self, message: str) -> None:
         raise ValueError(message)
 
