@@ -13,9 +13,20 @@ in the operator's or the conductor's dependencies::
 from importlib import metadata
 
 from schedulezero_handler.client import Client, ClientSettings, RetryPolicy
+from schedulezero_handler.context import CallInfo, current_call
 from schedulezero_handler.errors import CallError
 from schedulezero_handler.handler import Handler, expose
 
 __version__ = metadata.version("schedulezero")
 
-__all__ = ["CallError", "Client", "ClientSettings", "Handler", "RetryPolicy", "__version__", "expose"]
+__all__ = [
+    "CallError",
+    "CallInfo",
+    "Client",
+    "ClientSettings",
+    "Handler",
+    "RetryPolicy",
+    "__version__",
+    "current_call",
+    "expose",
+]

@@ -237,6 +237,10 @@ class Client:
                 await asyncio.sleep(delay)
                 attempt += 1
 
+    async def attempt(self, endpoint: str, call: protocol.Call) -> Any:
+        """One attempt of ``call``, for callers that run their own retry loop (the scheduling engine)."""
+        return await self._connection(endpoint).attempt(call, call.timeout_ms / 1000 + REPLY_GRACE)
+
     async def cancel(self, endpoint: str, call_id: bytes, *, timeout: float = 5.0) -> bool:
         """Asks the handler to cancel a running call; True if it was running."""
         result = await self.call(endpoint, "sys.cancel", {"call_id": call_id.hex()}, timeout=timeout)

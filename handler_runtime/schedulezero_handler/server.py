@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -23,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 import schedulezero_handler
-from schedulezero_handler import dedup, errors, health, metrics, params, protocol, security, sleep
+from schedulezero_handler import context, dedup, errors, health, metrics, params, protocol, security, sleep
 from schedulezero_handler import handler as handler_
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,8 @@ class Server:
     def _accept(self, identity: bytes, call: protocol.Call) -> None:
         """Starts a method call, or answers a duplicate, or refuses it."""
         stored = self._replies.get(call.call_id)
-        if stored is not None:
-            self._reply_now(identity, stored)
+        if stored is not None and (stored.succeeded or call.attempt <= stored.attempt):
+            self._reply_now(identity, stored.frames)
             return
         running = self._running.get(call.call_id)
         if running is not None:
@@ -252,12 +253,16 @@ class Server:
         try:
             if self.state is State.SLEEPING:
                 await self.wake()
+            context.set_current(
+                context.CallInfo(call.call_id.hex(), call.method, call.attempt, call.schedule, call.scheduled_time)
+            )
             async with asyncio.timeout(call.timeout_ms / 1000):
                 if method.is_async:
                     value = await method.func(**call.params)
                 else:
                     loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(self._executor, functools.partial(method.func, **call.params))
+                    in_context = functools.partial(contextvars.copy_context().run, method.func, **call.params)
+                    value = await loop.run_in_executor(self._executor, in_context)
             protocol.check_json(value, "result")
             return protocol.encode_result(call.call_id, value)
         except TimeoutError:
@@ -282,7 +287,7 @@ class Server:
             else protocol.encode_error(call.call_id, errors.Cancelled(f"{call.method} was cancelled"))
         )
         self.stats.finished(call.method, _outcome(frames))
-        self._replies.put(call.call_id, frames)
+        self._replies.put(call.call_id, dedup.Reply(frames, attempt=call.attempt))
         running = self._running.pop(call.call_id)
         for identity in running.waiters:
             self._reply_now(identity, frames)

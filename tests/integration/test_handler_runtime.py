@@ -374,3 +374,34 @@ def test_handler_command_reports_what_cannot_be_loaded(tmp_path: pathlib.Path) -
         )
         assert done.returncode == 2
         assert message in done.stderr
+
+
+async def test_a_retry_runs_again_but_a_resend_gets_the_stored_reply(
+    probe: processes.HandlerProcess, client: client_.Client
+) -> None:
+    call_id = protocol.new_call_id()
+
+    def attempt(n: int) -> protocol.Call:
+        return protocol.Call(
+            call_id=call_id, method="flaky", params={"key": "r", "failures": 1}, timeout_ms=5000, attempt=n
+        )
+
+    with pytest.raises(errors.HandlerError, match="failure 1 of 1"):
+        await client.attempt(probe.endpoint, attempt(1))
+    with pytest.raises(errors.HandlerError, match="failure 1 of 1"):  # the same attempt again: stored, not re-run
+        await client.attempt(probe.endpoint, attempt(1))
+    assert await client.attempt(probe.endpoint, attempt(2)) == 2  # the next attempt runs again
+    assert await client.attempt(probe.endpoint, attempt(3)) == 2  # after success, every duplicate is answered
+
+
+async def test_methods_see_the_call_they_serve(probe: processes.HandlerProcess, client: client_.Client) -> None:
+    call_id = protocol.new_call_id()
+    scheduled = await client.call(
+        probe.endpoint, "tick", call_id=call_id, schedule="ns/s", scheduled_time="2026-11-28T06:00:00.000Z"
+    )
+    assert scheduled == "2026-11-28T06:00:00.000Z"
+    assert await client.call(probe.endpoint, "ticks_seen") == [
+        {"run": call_id.hex(), "scheduled": "2026-11-28T06:00:00.000Z", "attempt": 1}
+    ]
+    other = protocol.new_call_id()
+    assert await client.call(probe.endpoint, "sync_call_info", call_id=other) == other.hex()  # in a worker thread too

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from schedulezero_handler import Handler, expose
+from schedulezero_handler import Handler, current_call, expose
 
 
 class ProbeHandler(Handler):
@@ -20,6 +20,8 @@ class ProbeHandler(Handler):
         self.executions: collections.Counter[str] = collections.Counter()
         self.events: list[str] = ["start"]
         self.ballast = b""
+        self.ticks: list[dict[str, Any]] = []
+        self.failures: collections.Counter[str] = collections.Counter()
 
     async def on_sleep(self) -> None:
         self.events.append("sleep")
@@ -75,6 +77,34 @@ class ProbeHandler(Handler):
     @expose
     async def bad_result(self) -> Any:
         return {1, 2, 3}
+
+    @expose
+    async def tick(self, seconds: float = 0.0) -> str | None:
+        """Records the run it serves (run id, nominal time, attempt); optionally takes a while."""
+        call = current_call()
+        assert call is not None
+        self.ticks.append({"run": call.call_id, "scheduled": call.scheduled_time, "attempt": call.attempt})
+        if seconds:
+            await asyncio.sleep(seconds)
+        return call.scheduled_time
+
+    @expose
+    def sync_call_info(self) -> str | None:
+        call = current_call()
+        return call.call_id if call is not None else None
+
+    @expose
+    async def ticks_seen(self) -> list[dict[str, Any]]:
+        return list(self.ticks)
+
+    @expose
+    async def flaky(self, key: str, failures: int) -> int:
+        """Fails the first ``failures`` calls for ``key``; returns the attempt that succeeded."""
+        self.failures[key] += 1
+        if self.failures[key] <= failures:
+            raise RuntimeError(f"failure {self.failures[key]} of {failures}")
+        call = current_call()
+        return call.attempt if call is not None else 0
 
     @expose
     async def counts(self) -> dict[str, int]:

@@ -166,14 +166,17 @@ def test_matching_params_pass(method: str, params: dict[str, Any]) -> None:
 def test_reply_cache_is_bounded_in_count_and_age() -> None:
     cache = dedup.ReplyCache(ttl=60, max_entries=3)
     for i in range(5):
-        cache.put(bytes([i]) * 16, [bytes([i])])
+        cache.put(bytes([i]) * 16, dedup.Reply(protocol.encode_result(bytes([i]) * 16, i), attempt=1))
     assert len(cache) == 3
     assert cache.get(b"\x00" * 16) is None
-    assert cache.get(b"\x04" * 16) == [b"\x04"]
+    stored = cache.get(b"\x04" * 16)
+    assert stored is not None
+    assert stored.succeeded
 
     short = dedup.ReplyCache(ttl=0.05, max_entries=100)
-    short.put(b"a" * 16, [b"a"])
+    short.put(b"a" * 16, dedup.Reply(protocol.encode_error(b"a" * 16, errors.Busy("x")), attempt=2))
+    assert short.get(b"a" * 16) == dedup.Reply(protocol.encode_error(b"a" * 16, errors.Busy("x")), attempt=2)
     time.sleep(0.1)
     assert short.get(b"a" * 16) is None
-    short.put(b"b" * 16, [b"b"])
+    short.put(b"b" * 16, dedup.Reply([b"SZ1", b"RESULT"], attempt=1))
     assert len(short) == 1
