@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Debian packages the tests use: promtool and prometheus for the metrics tests.
 DEB_PACKAGES := prometheus
 
-.PHONY: test setup venv debs control-plane lint typecheck pytest clean
+.PHONY: test setup venv debs control-plane lint typecheck pytest manifests clean
 
 test: setup lint typecheck pytest
 
@@ -45,6 +45,10 @@ typecheck: venv
 # prints its directory, handed over here so both agree on where it is.
 pytest: venv control-plane
 	bin=$$(tools/k8s/build.sh 2>/dev/null) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/pytest $(PYTEST_ARGS)
+
+# Plain manifests for kubectl users, copied from their sources.
+manifests:
+	cp operator/schedulezero_operator/crds/*.yaml manifests/crds/
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -401,7 +401,7 @@ async def test_methods_see_the_call_they_serve(probe: processes.HandlerProcess, 
     )
     assert scheduled == "2026-11-28T06:00:00.000Z"
     assert await client.call(probe.endpoint, "ticks_seen") == [
-        {"run": call_id.hex(), "scheduled": "2026-11-28T06:00:00.000Z", "attempt": 1}
+        {"run": call_id.hex(), "scheduled": "2026-11-28T06:00:00.000Z", "attempt": 1, "schedule": "ns/s"}
     ]
     other = protocol.new_call_id()
     assert await client.call(probe.endpoint, "sync_call_info", call_id=other) == other.hex()  # in a worker thread too

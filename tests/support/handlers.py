@@ -83,7 +83,9 @@ class ProbeHandler(Handler):
         """Records the run it serves (run id, nominal time, attempt); optionally takes a while."""
         call = current_call()
         assert call is not None
-        self.ticks.append({"run": call.call_id, "scheduled": call.scheduled_time, "attempt": call.attempt})
+        self.ticks.append(
+            {"run": call.call_id, "scheduled": call.scheduled_time, "attempt": call.attempt, "schedule": call.schedule}
+        )
         if seconds:
             await asyncio.sleep(seconds)
         return call.scheduled_time

@@ -1,0 +1,504 @@
+"""The scheduling engine: Schedules and Handlers in, runs and status out.
+
+It knows nothing of Kubernetes. The kopf operator and local mode feed it the
+same way (``set_handler``, ``apply_schedule``, ``remove_schedule``,
+``run_now``) and receive status through a ``StatusSink``. APScheduler's
+``AsyncIOScheduler`` is only the timer: it wakes the engine at the times the
+triggers compute and hands over the nominal times through a small executor;
+every decision (missed, skipped, replaced, retried) is the engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import logging
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from schedulezero_handler import client as client_
+from schedulezero_operator import runs, sinks, status, triggers
+from schedulezero_operator.errors import InvalidSchedule
+from schedulezero_operator.metrics import OperatorMetrics
+from schedulezero_operator.sinks import ScheduleKey
+
+log = logging.getLogger(__name__)
+
+UTC = datetime.UTC
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    status_interval: float = 2.0
+    """At most one status write per Schedule per this many seconds."""
+    catch_up_limit: int = 1000
+    """Missed times looked at after downtime or suspension, the most recent ones."""
+    stop_grace: float = 10.0
+    """On stop, how long runs in flight may finish before they are abandoned (not recorded)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HandlerInfo:
+    endpoint: str
+    methods: frozenset[str] | None = None
+    """The exposed methods, once a probe has seen them; None while unknown."""
+
+
+@dataclasses.dataclass
+class ScheduleState:
+    key: ScheduleKey
+    uid: str
+    spec: dict[str, Any]
+    generation: int | None
+    created: datetime.datetime
+    history: status.History
+    trigger: triggers.Trigger | None = None
+    invalid: str | None = None
+    next_run_time: datetime.datetime | None = None
+    active: dict[uuid.UUID, runs.Run] = dataclasses.field(default_factory=dict)
+
+    @property
+    def suspended(self) -> bool:
+        return bool(self.spec.get("suspend"))
+
+    @property
+    def policy(self) -> str:
+        return str(self.spec.get("concurrencyPolicy") or "Forbid")
+
+
+class _Executor(BaseExecutor):  # type: ignore[misc]
+    """Hands APScheduler's due times to the engine instead of running a job function."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
+        try:
+            self._engine._fire(job.id, run_times)
+        finally:
+            self._run_job_success(job.id, [])
+
+
+def _timer_job() -> None:
+    """APScheduler needs a job function; the executor never calls it."""
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        client: client_.Client,
+        status_sink: sinks.StatusSink,
+        events: sinks.EventSink | None = None,
+        observer: sinks.RunObserver | None = None,
+        metrics: OperatorMetrics | None = None,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings or EngineSettings()
+        self.metrics = metrics or OperatorMetrics()
+        self._events = events
+        self._observer = observer
+        self._schedules: dict[ScheduleKey, ScheduleState] = {}
+        self._handlers: dict[tuple[str, str], HandlerInfo] = {}
+        self._by_handler: defaultdict[tuple[str, str], set[ScheduleKey]] = defaultdict(set)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writer = sinks.StatusWriter(
+            status_sink,
+            self.render_status,
+            interval=self.settings.status_interval,
+            on_write=self.metrics.status_writes.inc,
+        )
+        self._scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            executors={"default": _Executor(self)},
+            job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 2**31},
+        )
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._writer.start()
+        self._scheduler.start()
+
+    async def stop(self) -> None:
+        """Stops firing, lets runs in flight finish (up to the grace), writes the last status."""
+        self._scheduler.shutdown(wait=False)
+        active = [run.task for state in self._schedules.values() for run in state.active.values() if run.task]
+        if active:
+            await asyncio.wait(active, timeout=self.settings.stop_grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._writer.stop()
+
+    # -- inputs -------------------------------------------------------------------
+
+    def set_handler(self, namespace: str, name: str, info: HandlerInfo | None) -> None:
+        """A Handler appeared, changed (endpoint, probed methods) or, with None, went away."""
+        if info is None:
+            self._handlers.pop((namespace, name), None)
+        else:
+            self._handlers[namespace, name] = info
+        for key in self._by_handler.get((namespace, name), ()):
+            self._refresh(self._schedules[key])
+
+    def apply_schedule(
+        self,
+        key: ScheduleKey,
+        *,
+        uid: str,
+        spec: dict[str, Any],
+        created: datetime.datetime,
+        generation: int | None = None,
+        status_: dict[str, Any] | None = None,
+    ) -> str | None:
+        """A Schedule was created, changed or seen again after a restart; returns why it is invalid, if it is.
+
+        A Schedule first seen with a status (a restart) catches up from its
+        ``lastScheduleTime``; a changed spec reschedules from now, keeping history;
+        a resumed one catches up over its suspension.
+        """
+        state = self._schedules.get(key)
+        if state is not None and state.uid != uid:  # deleted and re-created under the same name
+            self.remove_schedule(key)
+            state = None
+        first_seen = state is None
+        if state is None:
+            state = ScheduleState(key, uid, {}, generation, created, status.History.restore(status_))
+            self._schedules[key] = state
+        elif state.spec == spec:
+            state.generation = generation
+            return state.invalid
+        was_suspended = state.suspended
+        self._index(state, spec)
+        state.spec, state.generation, state.created = dict(spec), generation, created
+        try:
+            state.trigger, state.invalid = triggers.build_trigger(spec, created=created), None
+        except InvalidSchedule as error:
+            self._unschedule(state)
+            state.trigger, state.invalid = None, str(error)
+            self._event(key, warning=True, reason="InvalidSchedule", message=str(error))
+            self._refresh(state)
+            return state.invalid
+        self.metrics.suspended.labels(key.namespace, key.name).set(1 if state.suspended else 0)
+        if state.suspended:
+            self._unschedule(state)
+        else:
+            if (first_seen and state.history.last_schedule_time is not None) or (not first_seen and was_suspended):
+                self._catch_up(state)
+            self._schedule_next(state, after=utcnow())
+        self._refresh(state)
+        return None
+
+    def remove_schedule(self, key: ScheduleKey) -> None:
+        """The Schedule is gone: no further runs; runs in flight finish unrecorded."""
+        state = self._schedules.pop(key, None)
+        if state is None:
+            return
+        self._unschedule(state)
+        self._index(state, {})
+        self._writer.forget(key)
+        self.metrics.forget(key.namespace, key.name)
+
+    def run_now(self, key: ScheduleKey, token: str) -> bool:
+        """Runs once now for a new token (schedulezero.io/run-now); False if the token was seen already."""
+        state = self._schedules.get(key)
+        if state is None or not token or token == state.history.last_run_now_token:
+            return False
+        state.history.last_run_now_token = token
+        self._due(state, utcnow(), run_id=runs.manual_run_id(state.uid, token), manual=True)
+        self._writer.mark(key)
+        return True
+
+    # -- outputs ------------------------------------------------------------------
+
+    def render_status(self, key: ScheduleKey) -> dict[str, Any] | None:
+        state = self._schedules.get(key)
+        if state is None:
+            return None
+        rendered = state.history.render()
+        rendered["observedGeneration"] = state.generation
+        rendered["nextRunTime"] = status.rfc3339(state.next_run_time)
+        rendered["active"] = [run.render() for run in state.active.values()]
+        return rendered
+
+    def schedule_keys(self) -> list[ScheduleKey]:
+        return list(self._schedules)
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def _schedule_next(self, state: ScheduleState, *, after: datetime.datetime) -> None:
+        assert state.trigger is not None
+        state.next_run_time = state.trigger.next_after(after)
+        job_id = str(state.key)
+        if state.next_run_time is None:
+            self._unschedule(state)
+            return
+        self._scheduler.add_job(
+            _timer_job, trigger=state.trigger, id=job_id, replace_existing=True, next_run_time=state.next_run_time
+        )
+        self.metrics.next_run.labels(state.key.namespace, state.key.name).set(state.next_run_time.timestamp())
+
+    def _unschedule(self, state: ScheduleState) -> None:
+        state.next_run_time = None
+        job = self._scheduler.get_job(str(state.key))
+        if job is not None:
+            job.remove()
+        with contextlib.suppress(KeyError):
+            self.metrics.next_run.remove(state.key.namespace, state.key.name)
+
+    def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
+        namespace, _, name = job_id.partition("/")
+        state = self._schedules.get(ScheduleKey(namespace, name))
+        if state is None or state.trigger is None:
+            return
+        state.next_run_time = state.trigger.next_after(run_times[-1])
+        if state.next_run_time is not None:
+            self.metrics.next_run.labels(namespace, name).set(state.next_run_time.timestamp())
+        for nominal in run_times:
+            self._due(state, nominal)
+        if state.next_run_time is None:
+            self._refresh(state)
+
+    def _catch_up(self, state: ScheduleState) -> None:
+        """Applies catchUpPolicy to the times missed since lastScheduleTime."""
+        assert state.trigger is not None
+        last = state.history.last_schedule_time
+        if last is None:
+            return
+        now = utcnow()
+        times, total = _missed_times(state.trigger, last, now, self.settings.catch_up_limit)
+        if not times:
+            return
+        policy = str(state.spec.get("catchUpPolicy") or "Latest")
+        deadline = state.spec.get("startingDeadlineSeconds")
+        eligible = [t for t in times if deadline is None or (now - t).total_seconds() <= deadline]
+        to_run = [] if policy == "Skip" else eligible[-1:] if policy == "Latest" else eligible
+        state.history.last_schedule_time = times[-1]
+        missed = [t for t in times if t not in to_run]
+        for nominal in missed:
+            self._record_unrun(
+                state, nominal, status.Outcome.MISSED, "not started in time (operator down or suspended)"
+            )
+        state.history.counters["missed"] += total - len(times)
+        if missed or total > len(times):
+            self._event(
+                state.key,
+                warning=True,
+                reason="MissedSchedule",
+                message=f"{total - len(to_run)} runs missed since {status.rfc3339(last)}; "
+                f"catchUpPolicy {policy} runs {len(to_run)} of them",
+            )
+        if len(to_run) == 1:
+            self._start(state, to_run[0])
+        elif to_run:
+            self._spawn(self._run_in_order(state, to_run))
+
+    async def _run_in_order(self, state: ScheduleState, nominals: list[datetime.datetime]) -> None:
+        for nominal in nominals:
+            if self._schedules.get(state.key) is not state:
+                return
+            run = self._start(state, nominal)
+            if run is not None and run.task is not None:
+                await asyncio.wait([run.task])
+
+    def _due(
+        self, state: ScheduleState, nominal: datetime.datetime, *, run_id: uuid.UUID | None = None, manual: bool = False
+    ) -> None:
+        """A run is due: decides missed, skipped, replaced or started."""
+        if not manual:
+            last = state.history.last_schedule_time
+            state.history.last_schedule_time = nominal if last is None else max(last, nominal)
+        deadline = state.spec.get("startingDeadlineSeconds")
+        if deadline is not None and not manual and (utcnow() - nominal).total_seconds() > deadline:
+            self._record_unrun(state, nominal, status.Outcome.MISSED, f"not started within {deadline} s of its time")
+            self._event(
+                state.key, warning=True, reason="MissedSchedule", message=f"run of {nominal} missed its deadline"
+            )
+            return
+        if state.active:
+            if state.policy == "Forbid":
+                self._record_unrun(
+                    state, nominal, status.Outcome.SKIPPED, "the previous run was still running", run_id=run_id
+                )
+                self._event(
+                    state.key, warning=True, reason="Skipped", message=f"run of {nominal} skipped: previous run active"
+                )
+                return
+            if state.policy == "Replace":
+                self._replace(state)
+        self._start(state, nominal, run_id=run_id)
+
+    def _replace(self, state: ScheduleState) -> None:
+        handler = self._handlers.get((state.key.namespace, str(state.spec.get("handler"))))
+        for run in list(state.active.values()):
+            if run.task is not None:
+                run.task.cancel()
+            if handler is not None:
+                self._spawn(self._cancel_remote(handler.endpoint, run.id))
+
+    async def _cancel_remote(self, endpoint: str, run_id: uuid.UUID) -> None:
+        try:
+            await self.client.cancel(endpoint, run_id.bytes)
+        except Exception as error:
+            log.info("could not cancel run %s at %s: %s", run_id, endpoint, error)
+
+    def _start(
+        self, state: ScheduleState, nominal: datetime.datetime, *, run_id: uuid.UUID | None = None
+    ) -> runs.Run | None:
+        identity = run_id or runs.run_id(state.uid, nominal)
+        if identity in state.active:
+            return None
+        following = state.trigger.next_after(nominal) if state.trigger is not None else None
+        room = (following - nominal).total_seconds() if following is not None else None
+        target = nominal + datetime.timedelta(
+            seconds=runs.jitter(identity, max_seconds=float(state.spec.get("jitterSeconds") or 0), room=room)
+        )
+        run = runs.Run(
+            id=identity,
+            schedule=str(state.key),
+            nominal=nominal,
+            retry_until=following if state.policy != "Allow" else None,
+            delay=max(0.0, (target - utcnow()).total_seconds()),
+        )
+        run.task = asyncio.get_running_loop().create_task(self._carry(state, run, self._plan(state)))
+        state.active[identity] = run
+        self._writer.mark(state.key)
+        return run
+
+    def _plan(self, state: ScheduleState) -> runs.CallPlan:
+        spec = state.spec
+        handler = str(spec.get("handler"))
+        info = self._handlers.get((state.key.namespace, handler))
+        retry = spec.get("retry") or {}
+        return runs.CallPlan(
+            endpoint=info.endpoint if info is not None else None,
+            handler=f"{state.key.namespace}/{handler}",
+            method=str(spec.get("method")),
+            params=dict(spec.get("params") or {}),
+            timeout=float(spec.get("timeoutSeconds") or 60),
+            retry=client_.RetryPolicy(
+                max_attempts=int(retry.get("maxAttempts", 3)),
+                backoff=float(retry.get("backoffSeconds", 1)),
+                max_backoff=float(retry.get("maxBackoffSeconds", 60)),
+            ),
+        )
+
+    async def _carry(self, state: ScheduleState, run: runs.Run, plan: runs.CallPlan) -> status.RunRecord:
+        record = await runs.execute(
+            run, plan, client=self.client, metrics=self.metrics, on_attempt=lambda: self._writer.mark(state.key)
+        )
+        state.active.pop(run.id, None)
+        if self._schedules.get(state.key) is state:  # not removed or re-created meanwhile
+            self._finish(state, record)
+        return record
+
+    def _finish(self, state: ScheduleState, record: status.RunRecord) -> None:
+        key = state.key
+        state.history.record(
+            record,
+            successful_limit=int(state.spec.get("successfulRunsHistoryLimit", 3)),
+            failed_limit=int(state.spec.get("failedRunsHistoryLimit", 3)),
+        )
+        self.metrics.runs.labels(key.namespace, key.name, str(record.outcome)).inc()
+        if record.start_time is not None and record.finish_time is not None:
+            duration = (record.finish_time - record.start_time).total_seconds()
+            self.metrics.run_duration.labels(key.namespace, key.name).observe(duration)
+        if record.outcome is status.Outcome.SUCCEEDED and record.finish_time is not None:
+            self.metrics.last_success.labels(key.namespace, key.name).set(record.finish_time.timestamp())
+        elif record.outcome in (status.Outcome.FAILED, status.Outcome.TIMED_OUT) and record.error is not None:
+            message = (
+                f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} after {record.attempts} attempts: "
+            )
+            self._event(key, warning=True, reason="RunFailed", message=message + record.error["message"])
+        if self._observer is not None:
+            self._observer.run_finished(key, record.render())
+        self._refresh(state)
+
+    def _record_unrun(
+        self,
+        state: ScheduleState,
+        nominal: datetime.datetime,
+        outcome: status.Outcome,
+        why: str,
+        *,
+        run_id: uuid.UUID | None = None,
+    ) -> None:
+        record = status.RunRecord(
+            run_id=str(run_id or runs.run_id(state.uid, nominal)),
+            scheduled_time=nominal,
+            outcome=outcome,
+            error={"type": str(outcome), "message": why},
+        )
+        self._finish(state, record)
+
+    # -- conditions ---------------------------------------------------------------
+
+    def _refresh(self, state: ScheduleState) -> None:
+        """Recomputes the Ready condition and queues a status write."""
+        status_, reason, message = self._readiness(state)
+        state.history.set_condition("Ready", status_, reason, message, now=utcnow(), generation=state.generation)
+        self._writer.mark(state.key)
+
+    def _readiness(self, state: ScheduleState) -> tuple[str, str, str]:
+        if state.invalid is not None:
+            return "False", "InvalidSchedule", state.invalid
+        handler, method = str(state.spec.get("handler")), str(state.spec.get("method"))
+        info = self._handlers.get((state.key.namespace, handler))
+        if info is None:
+            return "False", "HandlerNotFound", f"Handler {handler!r} not found in namespace {state.key.namespace!r}"
+        if info.methods is not None and method not in info.methods:
+            exposed = ", ".join(sorted(info.methods)) or "none"
+            return "False", "MethodNotFound", f"Handler {handler!r} does not expose {method!r} (exposes: {exposed})"
+        if state.suspended:
+            return "False", "Suspended", "spec.suspend is true: no runs until it is false"
+        if state.next_run_time is None and not state.active:
+            return "False", "Completed", "no further runs (runAt passed or endTime reached)"
+        return "True", "Scheduled", f"next run at {status.rfc3339(state.next_run_time)}"
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _index(self, state: ScheduleState, spec: dict[str, Any]) -> None:
+        old = (state.key.namespace, str(state.spec.get("handler")))
+        self._by_handler[old].discard(state.key)
+        if spec:
+            self._by_handler[state.key.namespace, str(spec.get("handler"))].add(state.key)
+
+    def _event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
+        log.info("%s: %s: %s", key, reason, message)
+        if self._events is not None:
+            self._events.event(key, warning=warning, reason=reason, message=message)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _missed_times(
+    trigger: triggers.Trigger, after: datetime.datetime, until: datetime.datetime, limit: int
+) -> tuple[list[datetime.datetime], int]:
+    """The most recent ``limit`` nominal times in (after, until], and how many there were in all."""
+    times: collections.deque[datetime.datetime] = collections.deque(maxlen=limit)
+    total = 0
+    current = trigger.next_after(after)
+    while current is not None and current <= until:
+        total += 1
+        times.append(current)
+        if total >= 1_000_000:  # bounded work even for @every 1s after a long outage
+            break
+        current = trigger.next_after(current)
+    return list(times), total

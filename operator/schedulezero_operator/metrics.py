@@ -1,0 +1,93 @@
+"""The operator's Prometheus metrics (DESIGN §7).
+
+Status writes are coalesced, so metrics are where every single run is
+counted. Per-schedule gauges are removed with their Schedule so a deleted
+Schedule disappears from the next scrape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import schedulezero_handler
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class OperatorMetrics:
+    """All operator metrics, in a registry of their own (one per engine)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        schedule = ["namespace", "schedule"]
+        self.runs = Counter(
+            "schedulezero_schedule_runs", "Runs by outcome.", [*schedule, "outcome"], registry=self.registry
+        )
+        self.run_duration = Histogram(
+            "schedulezero_schedule_run_duration_seconds",
+            "Time from a run's first attempt to its last one's end.",
+            schedule,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.fire_lateness = Histogram(
+            "schedulezero_schedule_fire_lateness_seconds",
+            "Time from a run's nominal time (plus its jitter) to its first call being sent.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.next_run = Gauge(
+            "schedulezero_schedule_next_run_timestamp_seconds",
+            "Nominal time of the next run, as a Unix timestamp.",
+            schedule,
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "schedulezero_schedule_last_success_timestamp_seconds",
+            "When the last successful run finished, as a Unix timestamp.",
+            schedule,
+            registry=self.registry,
+        )
+        self.suspended = Gauge(
+            "schedulezero_schedule_suspended", "1 while a Schedule is suspended.", schedule, registry=self.registry
+        )
+        self.rpc_calls = Counter(
+            "schedulezero_rpc_calls", "Calls to handlers by result code.", ["handler", "code"], registry=self.registry
+        )
+        self.rpc_duration = Histogram(
+            "schedulezero_rpc_call_duration_seconds",
+            "Duration of one call attempt to a handler.",
+            ["handler"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.status_writes = Counter(
+            "schedulezero_status_writes", "Schedule status writes (coalesced runs).", registry=self.registry
+        )
+        build_info = Gauge(
+            "schedulezero_build_info",
+            "Version of the running operator.",
+            ["version", "python_version"],
+            registry=self.registry,
+        )
+        build_info.labels(schedulezero_handler.__version__, platform.python_version()).set(1)
+
+    def forget(self, namespace: str, schedule: str) -> None:
+        """Drops a removed Schedule's series."""
+        for gauge in (self.next_run, self.last_success, self.suspended):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, schedule)
+        for outcome in ("Succeeded", "Failed", "TimedOut", "Skipped", "Missed", "Cancelled"):
+            with contextlib.suppress(KeyError):
+                self.runs.remove(namespace, schedule, outcome)
+        with contextlib.suppress(KeyError):
+            self.run_duration.remove(namespace, schedule)
+
+    def serve(self, *, port: int, address: str = "0.0.0.0") -> None:
+        """Serves ``/metrics`` from a background thread."""
+        prometheus_client.start_http_server(port, addr=address, registry=self.registry)

@@ -1,0 +1,110 @@
+"""Probing handlers: are they reachable, awake, and which methods do they expose?
+
+``sys.health`` and ``sys.describe`` are system verbs, so a probe neither wakes
+a sleeping handler nor keeps it awake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from schedulezero_handler import client as client_
+from schedulezero_handler import errors
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    endpoint: str
+    state: str
+    """Active, Sleeping or Unreachable."""
+    seen: datetime.datetime | None = None
+    version: str | None = None
+    methods: tuple[str, ...] | None = None
+    described: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+
+
+async def probe(client: client_.Client, endpoint: str, *, timeout: float = 5.0) -> ProbeResult:
+    try:
+        health = await client.call(endpoint, "sys.health", timeout=timeout)
+        described = await client.call(endpoint, "sys.describe", timeout=timeout)
+    except errors.CallError as error:
+        return ProbeResult(endpoint, "Unreachable", error=str(error))
+    methods = tuple(m for m in described.get("methods", []) if isinstance(m, dict) and isinstance(m.get("name"), str))
+    return ProbeResult(
+        endpoint,
+        "Sleeping" if health.get("state") == "sleeping" else "Active",
+        seen=datetime.datetime.now(datetime.UTC),
+        version=str(described.get("version") or health.get("version") or ""),
+        methods=tuple(m["name"] for m in methods),
+        described=methods,
+    )
+
+
+class Prober:
+    """Probes every watched handler on an interval, and at once when one is added or changes."""
+
+    def __init__(
+        self,
+        client: client_.Client,
+        *,
+        interval: float,
+        on_result: Callable[[str, ProbeResult], None],
+        timeout: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._interval = interval
+        self._timeout = timeout
+        self._on_result = on_result
+        self._endpoints: dict[str, str] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+        for name in self._endpoints:
+            self._launch(name)
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def watch(self, name: str, endpoint: str) -> None:
+        if self._endpoints.get(name) == endpoint and name in self._tasks:
+            return
+        self._endpoints[name] = endpoint
+        self._cancel(name)
+        if self._running:
+            self._launch(name)
+
+    def forget(self, name: str) -> None:
+        self._endpoints.pop(name, None)
+        self._cancel(name)
+
+    def _cancel(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def _launch(self, name: str) -> None:
+        self._tasks[name] = asyncio.get_running_loop().create_task(self._loop(name, self._endpoints[name]))
+
+    async def _loop(self, name: str, endpoint: str) -> None:
+        while True:
+            result = await probe(self._client, endpoint, timeout=self._timeout)
+            try:
+                self._on_result(name, result)
+            except Exception:
+                log.exception("handling the probe of %s failed", name)
+            await asyncio.sleep(self._interval)

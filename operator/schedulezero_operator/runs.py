@@ -1,0 +1,158 @@
+"""Carrying one run through: jitter, attempts with backoff, and its record.
+
+A run's identity is derived from its Schedule and nominal time, and it is the
+call id on the wire, so a handler that sees the same run twice (a retry after a
+lost reply, a re-fire after an operator crash) answers from its reply cache
+instead of running it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from schedulezero_handler import client as client_
+from schedulezero_handler import errors, protocol
+from schedulezero_operator import status
+from schedulezero_operator.metrics import OperatorMetrics
+
+RUN_NAMESPACE = uuid.UUID("6f0c3d1e-5a7b-4c2d-9e8f-1a2b3c4d5e6f")
+"""Fixed namespace of run ids; changing it would make every handler run everything again."""
+
+
+def run_id(schedule_uid: str, nominal: datetime.datetime) -> uuid.UUID:
+    return uuid.uuid5(RUN_NAMESPACE, f"{schedule_uid}/{status.rfc3339(nominal)}")
+
+
+def manual_run_id(schedule_uid: str, token: str) -> uuid.UUID:
+    return uuid.uuid5(RUN_NAMESPACE, f"{schedule_uid}/run-now/{token}")
+
+
+def jitter(run: uuid.UUID, *, max_seconds: float, room: float | None) -> float:
+    """The run's delay: random but the same every time the run is fired, and never past the next run."""
+    if max_seconds <= 0:
+        return 0.0
+    bound = max_seconds if room is None else max(0.0, min(max_seconds, room))
+    return random.Random(run.bytes).uniform(0.0, bound)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CallPlan:
+    """What to call for a run, resolved from the Schedule and its Handler when the run starts."""
+
+    endpoint: str | None
+    """None when the Handler does not exist (the run fails without a call)."""
+    handler: str
+    method: str
+    params: dict[str, Any]
+    timeout: float
+    retry: client_.RetryPolicy
+
+
+@dataclasses.dataclass
+class Run:
+    """A run in flight."""
+
+    id: uuid.UUID
+    schedule: str
+    nominal: datetime.datetime
+    retry_until: datetime.datetime | None
+    """No attempt starts at or after this time (the next run's), unless concurrency is Allow."""
+    delay: float = 0.0
+    attempt: int = 0
+    start_time: datetime.datetime | None = None
+    task: asyncio.Task[status.RunRecord] | None = None
+
+    def render(self) -> dict[str, Any]:
+        rendered: dict[str, Any] = {"runId": str(self.id), "scheduledTime": status.rfc3339(self.nominal)}
+        if self.start_time is not None:
+            rendered["startTime"] = status.rfc3339(self.start_time)
+        if self.attempt:
+            rendered["attempt"] = self.attempt
+        return rendered
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def execute(
+    run: Run,
+    plan: CallPlan,
+    *,
+    client: client_.Client,
+    metrics: OperatorMetrics,
+    on_attempt: Callable[[], None] | None = None,
+) -> status.RunRecord:
+    """Runs the attempts and returns the record; cancellation (Replace) yields a Cancelled record."""
+    if run.delay:
+        await asyncio.sleep(run.delay)
+    run.start_time = _now()
+    metrics.fire_lateness.observe(max(0.0, (run.start_time - run.nominal).total_seconds() - run.delay))
+    record = status.RunRecord(
+        run_id=str(run.id), scheduled_time=run.nominal, outcome=status.Outcome.FAILED, start_time=run.start_time
+    )
+    try:
+        await _attempts(run, plan, record, client=client, metrics=metrics, on_attempt=on_attempt)
+    except asyncio.CancelledError:
+        record.outcome = status.Outcome.CANCELLED
+        record.error = {"type": "Cancelled", "message": "replaced by a newer run (concurrencyPolicy Replace)"}
+    record.finish_time = _now()
+    record.attempts = run.attempt
+    return record
+
+
+async def _attempts(
+    run: Run,
+    plan: CallPlan,
+    record: status.RunRecord,
+    *,
+    client: client_.Client,
+    metrics: OperatorMetrics,
+    on_attempt: Callable[[], None] | None,
+) -> None:
+    if plan.endpoint is None:
+        record.error = {"type": "HandlerNotFound", "message": f"Handler {plan.handler!r} does not exist"}
+        return
+    rng = random.Random(run.id.bytes)
+    loop = asyncio.get_running_loop()
+    while True:
+        run.attempt += 1
+        if on_attempt is not None:
+            on_attempt()
+        call = protocol.Call(
+            call_id=run.id.bytes,
+            method=plan.method,
+            params=plan.params,
+            timeout_ms=max(1, int(plan.timeout * 1000)),
+            attempt=run.attempt,
+            schedule=run.schedule,
+            scheduled_time=status.rfc3339(run.nominal),
+        )
+        started = loop.time()
+        try:
+            value = await client.attempt(plan.endpoint, call)
+        except errors.CallError as error:
+            metrics.rpc_calls.labels(plan.handler, error.type).inc()
+            metrics.rpc_duration.labels(plan.handler).observe(loop.time() - started)
+            record.outcome = status.Outcome.TIMED_OUT if error.type == "DeadlineExceeded" else status.Outcome.FAILED
+            record.error = {"type": error.type, "message": error.message[:1024]}
+            if not error.retryable or run.attempt >= plan.retry.max_attempts:
+                return
+            delay = plan.retry.delay(run.attempt, rng)
+            if run.retry_until is not None and _now() + datetime.timedelta(seconds=delay) >= run.retry_until:
+                record.error["message"] += " (no retry: the next run is due)"
+                return
+            await asyncio.sleep(delay)
+            continue
+        metrics.rpc_calls.labels(plan.handler, "OK").inc()
+        metrics.rpc_duration.labels(plan.handler).observe(loop.time() - started)
+        record.outcome = status.Outcome.SUCCEEDED
+        record.error = None
+        record.result = status.cut_result(value)
+        return

@@ -1,0 +1,233 @@
+"""A Schedule's observed state, and its rendering as the status of DESIGN §3.
+
+The status is also the engine's memory across restarts: ``lastScheduleTime``
+says where catch-up starts, the run history and counters carry on, and
+``lastRunNowToken`` keeps a manual run from running twice. So ``restore`` reads
+back exactly what ``render`` writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+from typing import Any
+
+RESULT_LIMIT = 4096
+TRUNCATED = "…[truncated]"
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    SKIPPED = "Skipped"
+    MISSED = "Missed"
+    CANCELLED = "Cancelled"
+
+
+KEPT_AS_SUCCESSFUL = frozenset({Outcome.SUCCEEDED, Outcome.SKIPPED})
+"""Outcomes counted against successfulRunsHistoryLimit; the others against failedRunsHistoryLimit."""
+
+COUNTER_OF = {
+    Outcome.SUCCEEDED: "succeeded",
+    Outcome.FAILED: "failed",
+    Outcome.TIMED_OUT: "failed",
+    Outcome.CANCELLED: "failed",
+    Outcome.MISSED: "missed",
+    Outcome.SKIPPED: "skipped",
+}
+
+
+def rfc3339(moment: datetime.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: Any) -> datetime.datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.astimezone(datetime.UTC) if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def cut_result(value: Any) -> str:
+    """The result as JSON, cut at 4 KiB (UTF-8) with a marker so nobody mistakes it for the whole."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    encoded = text.encode()
+    if len(encoded) <= RESULT_LIMIT:
+        return text
+    room = RESULT_LIMIT - len(TRUNCATED.encode())
+    return encoded[:room].decode(errors="ignore") + TRUNCATED
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """A finished, skipped or missed run."""
+
+    run_id: str
+    scheduled_time: datetime.datetime
+    outcome: Outcome
+    start_time: datetime.datetime | None = None
+    finish_time: datetime.datetime | None = None
+    attempts: int = 0
+    result: str | None = None
+    error: dict[str, str] | None = None
+
+    def render(self) -> dict[str, Any]:
+        rendered: dict[str, Any] = {
+            "runId": self.run_id,
+            "scheduledTime": rfc3339(self.scheduled_time),
+            "outcome": str(self.outcome),
+            "attempts": self.attempts,
+        }
+        if self.start_time is not None:
+            rendered["startTime"] = rfc3339(self.start_time)
+        if self.finish_time is not None:
+            rendered["finishTime"] = rfc3339(self.finish_time)
+        if self.start_time is not None and self.finish_time is not None:
+            rendered["durationSeconds"] = round((self.finish_time - self.start_time).total_seconds(), 6)
+        if self.result is not None:
+            rendered["result"] = self.result
+        if self.error is not None:
+            rendered["error"] = self.error
+        return rendered
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> RunRecord | None:
+        scheduled = parse_rfc3339(data.get("scheduledTime"))
+        try:
+            outcome = Outcome(str(data.get("outcome")))
+        except ValueError:
+            return None
+        if scheduled is None or not isinstance(data.get("runId"), str):
+            return None
+        error = data.get("error")
+        return cls(
+            run_id=data["runId"],
+            scheduled_time=scheduled,
+            outcome=outcome,
+            start_time=parse_rfc3339(data.get("startTime")),
+            finish_time=parse_rfc3339(data.get("finishTime")),
+            attempts=int(data.get("attempts") or 0),
+            result=data.get("result") if isinstance(data.get("result"), str) else None,
+            error=error if isinstance(error, dict) else None,
+        )
+
+
+@dataclasses.dataclass
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: datetime.datetime
+    observed_generation: int | None = None
+
+    def render(self) -> dict[str, Any]:
+        rendered: dict[str, Any] = {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": rfc3339(self.last_transition_time.replace(microsecond=0)),
+        }
+        if self.observed_generation is not None:
+            rendered["observedGeneration"] = self.observed_generation
+        return rendered
+
+
+@dataclasses.dataclass
+class History:
+    """What the status remembers: run records, counters and the times users look at."""
+
+    runs: list[RunRecord] = dataclasses.field(default_factory=list)
+    """Newest first."""
+    counters: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"succeeded": 0, "failed": 0, "missed": 0, "skipped": 0}
+    )
+    last_schedule_time: datetime.datetime | None = None
+    last_successful_time: datetime.datetime | None = None
+    last_failure_time: datetime.datetime | None = None
+    last_run_now_token: str | None = None
+    conditions: dict[str, Condition] = dataclasses.field(default_factory=dict)
+
+    def record(self, run: RunRecord, *, successful_limit: int, failed_limit: int) -> None:
+        """Adds a run (newest first, by scheduled time) and trims each kind to its limit."""
+        self.counters[COUNTER_OF[run.outcome]] += 1
+        if run.outcome is Outcome.SUCCEEDED:
+            self.last_successful_time = run.finish_time
+        elif run.outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
+            self.last_failure_time = run.finish_time
+        self.runs.append(run)
+        self.runs.sort(key=lambda r: r.scheduled_time, reverse=True)
+        kept, successful, failed = [], 0, 0
+        for record in self.runs:
+            if record.outcome in KEPT_AS_SUCCESSFUL:
+                successful += 1
+                if successful <= successful_limit:
+                    kept.append(record)
+            else:
+                failed += 1
+                if failed <= failed_limit:
+                    kept.append(record)
+        self.runs = kept
+
+    def set_condition(
+        self, type_: str, status: str, reason: str, message: str, *, now: datetime.datetime, generation: int | None
+    ) -> None:
+        """Sets a condition, keeping lastTransitionTime unless the status changes."""
+        current = self.conditions.get(type_)
+        since = current.last_transition_time if current is not None and current.status == status else now
+        self.conditions[type_] = Condition(type_, status, reason, message, since, generation)
+
+    def render(self) -> dict[str, Any]:
+        rendered: dict[str, Any] = {
+            "conditions": [c.render() for c in self.conditions.values()],
+            "runs": [r.render() for r in self.runs],
+            "counters": dict(self.counters),
+        }
+        for field, value in (
+            ("lastScheduleTime", rfc3339(self.last_schedule_time)),
+            ("lastSuccessfulTime", rfc3339(self.last_successful_time)),
+            ("lastFailureTime", rfc3339(self.last_failure_time)),
+            ("lastRunNowToken", self.last_run_now_token),
+        ):
+            if value is not None:
+                rendered[field] = value
+        return rendered
+
+    @classmethod
+    def restore(cls, status: dict[str, Any] | None) -> History:
+        """The history a previously written status describes; unreadable parts are dropped, not fatal."""
+        history = cls()
+        if not status:
+            return history
+        history.runs = [r for r in (RunRecord.restore(d) for d in status.get("runs") or [] if isinstance(d, dict)) if r]
+        counters = status.get("counters") or {}
+        for name in history.counters:
+            value = counters.get(name)
+            if isinstance(value, int) and value >= 0:
+                history.counters[name] = value
+        history.last_schedule_time = parse_rfc3339(status.get("lastScheduleTime"))
+        history.last_successful_time = parse_rfc3339(status.get("lastSuccessfulTime"))
+        history.last_failure_time = parse_rfc3339(status.get("lastFailureTime"))
+        token = status.get("lastRunNowToken")
+        history.last_run_now_token = token if isinstance(token, str) else None
+        for data in status.get("conditions") or []:
+            since = parse_rfc3339(data.get("lastTransitionTime")) if isinstance(data, dict) else None
+            if since is not None and isinstance(data.get("type"), str):
+                history.conditions[data["type"]] = Condition(
+                    data["type"],
+                    str(data.get("status", "Unknown")),
+                    str(data.get("reason", "")),
+                    str(data.get("message", "")),
+                    since,
+                    data.get("observedGeneration"),
+                )
+        return history

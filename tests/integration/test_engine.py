@@ -1,0 +1,341 @@
+"""The scheduling engine carrying runs through, against a real handler process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from schedulezero_handler import client as client_
+from schedulezero_operator import engine as engine_
+from schedulezero_operator import runs
+from schedulezero_operator.sinks import ScheduleKey
+from tests.support import processes
+
+PROBE = "tests.support.handlers:ProbeHandler"
+NAMESPACE = "t"
+_names = itertools.count()
+_created: dict[ScheduleKey, datetime.datetime] = {}
+
+
+class MemorySink:
+    """Keeps the last status per Schedule and every event, as the operator would write them."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[ScheduleKey, dict[str, Any]] = {}
+        self.writes = 0
+        self.events: list[tuple[ScheduleKey, str, str]] = []
+
+    async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
+        self.statuses[key] = status
+        self.writes += 1
+
+    def event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
+        self.events.append((key, reason, message))
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.HandlerProcess]:
+    with processes.running_handler(PROBE, tmp_path_factory.mktemp("engine")) as process:
+        yield process
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[client_.Client]:
+    async with client_.Client() as c:
+        yield c
+
+
+@pytest.fixture
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+async def engine(
+    handler: processes.HandlerProcess, client: client_.Client, sink: MemorySink
+) -> AsyncIterator[engine_.Engine]:
+    engine = engine_.Engine(
+        client=client, status_sink=sink, events=sink, settings=engine_.EngineSettings(status_interval=0.2)
+    )
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def apply(engine: engine_.Engine, spec: dict[str, Any], *, key: ScheduleKey | None = None, **extra: Any) -> ScheduleKey:
+    key = key or ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    full = {"handler": "probe", "successfulRunsHistoryLimit": 50, "failedRunsHistoryLimit": 50, **spec}
+    created = _created.setdefault(key, now())  # like metadata.creationTimestamp: fixed for the object's life
+    assert engine.apply_schedule(key, uid=f"uid-{key.name}", spec=full, created=created, **extra) is None
+    return key
+
+
+def records(engine: engine_.Engine, key: ScheduleKey) -> list[dict[str, Any]]:
+    status = engine.render_status(key)
+    assert status is not None
+    return list(status["runs"])
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while not (result := predicate()):  # noqa: ASYNC110  (state changed by other tasks and processes)
+            await asyncio.sleep(0.05)
+    return result
+
+
+async def ticks(client: client_.Client, handler: processes.HandlerProcess, key: ScheduleKey) -> list[dict[str, Any]]:
+    seen = await client.call(handler.endpoint, "ticks_seen")
+    return [t for t in seen if t["schedule"] == str(key)]
+
+
+def soon(seconds: float = 1.0) -> str:
+    return (now() + datetime.timedelta(seconds=seconds)).isoformat()
+
+
+async def test_retries_until_success_and_records_the_attempts(engine: engine_.Engine) -> None:
+    key = apply(
+        engine,
+        {
+            "method": "flaky",
+            "params": {"key": "retry-ok", "failures": 2},
+            "runAt": soon(),
+            "retry": {"maxAttempts": 3, "backoffSeconds": 0.1, "maxBackoffSeconds": 0.2},
+        },
+    )
+    [run] = await eventually(lambda: records(engine, key))
+    assert run["outcome"] == "Succeeded"
+    assert run["attempts"] == 3
+    assert run["result"] == "3"  # the handler saw attempt 3 succeed
+    assert engine.render_status(key)["counters"]["succeeded"] == 1  # type: ignore[index]
+
+
+async def test_a_non_retryable_error_is_not_retried(engine: engine_.Engine, sink: MemorySink) -> None:
+    key = apply(
+        engine, {"method": "add", "params": {"a": "not a number"}, "runAt": soon(), "retry": {"maxAttempts": 5}}
+    )
+    [run] = await eventually(lambda: records(engine, key))
+    assert run["outcome"] == "Failed"
+    assert run["attempts"] == 1
+    assert run["error"]["type"] == "InvalidParams"
+    assert "parameter 'a'" in run["error"]["message"]
+    assert any(k == key and reason == "RunFailed" for k, reason, _ in sink.events)
+
+
+async def test_a_run_past_its_timeout_is_timed_out(engine: engine_.Engine, client: client_.Client) -> None:
+    key = apply(
+        engine,
+        {
+            "method": "slow",
+            "params": {"seconds": 5, "key": "timeout"},
+            "runAt": soon(),
+            "timeoutSeconds": 1,
+            "retry": {"maxAttempts": 2, "backoffSeconds": 0, "maxBackoffSeconds": 0},
+        },
+    )
+    [run] = await eventually(lambda: records(engine, key))
+    assert run["outcome"] == "TimedOut"
+    assert run["attempts"] == 2
+    assert run["error"]["type"] == "DeadlineExceeded"
+    assert 1.9 < run["durationSeconds"] < 4.5  # two 1-second attempts, not the method's 5 seconds
+
+
+async def test_forbid_skips_runs_while_the_previous_one_runs(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
+) -> None:
+    key = apply(engine, {"method": "tick", "params": {"seconds": 2.5}, "schedule": "@every 1s"})
+    history = await eventually(
+        lambda: (rs := records(engine, key)) and any(r["outcome"] == "Succeeded" for r in rs) and rs, timeout=10
+    )
+    engine.remove_schedule(key)
+    outcomes = [r["outcome"] for r in history]
+    assert outcomes.count("Skipped") >= 1
+    assert outcomes.count("Succeeded") == 1
+    assert len(await ticks(client, handler, key)) == 1  # skipped runs never reached the handler
+
+
+async def test_allow_overlaps_runs(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
+) -> None:
+    key = apply(
+        engine, {"method": "tick", "params": {"seconds": 2.5}, "schedule": "@every 1s", "concurrencyPolicy": "Allow"}
+    )
+    await eventually(lambda: len(engine.render_status(key)["active"]) >= 2, timeout=10)  # type: ignore[index]
+    assert len(await ticks(client, handler, key)) >= 2
+    assert not any(r["outcome"] == "Skipped" for r in records(engine, key))
+
+
+async def test_replace_cancels_the_running_call(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
+) -> None:
+    key = apply(
+        engine,
+        {
+            "method": "slow",
+            "params": {"seconds": 2.5, "key": "replace"},
+            "schedule": "@every 1s",
+            "concurrencyPolicy": "Replace",
+        },
+    )
+    await eventually(lambda: any(r["outcome"] == "Cancelled" for r in records(engine, key)), timeout=10)
+    engine.remove_schedule(key)
+    await asyncio.sleep(0.5)
+    counts = await client.call(handler.endpoint, "counts")
+    assert counts["slow-start:replace"] >= 2
+    assert counts.get("slow-done:replace", 0) == 0  # each run was cancelled at the handler by the next
+
+
+async def test_run_now_runs_once_per_token(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
+) -> None:
+    key = apply(engine, {"method": "tick", "schedule": "0 0 1 1 *"})
+    assert engine.run_now(key, "token-1")
+    assert not engine.run_now(key, "token-1")
+    [run] = await eventually(lambda: records(engine, key))
+    assert run["runId"] == str(runs.manual_run_id(f"uid-{key.name}", "token-1"))
+    assert engine.render_status(key)["lastRunNowToken"] == "token-1"  # type: ignore[index]
+    assert [t["run"] for t in await ticks(client, handler, key)] == [
+        runs.manual_run_id(f"uid-{key.name}", "token-1").hex
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "deadline"),
+    [("Latest", None), ("All", None), ("Skip", None), ("All", 1.5)],
+    ids=["latest", "all", "skip", "all-with-deadline"],
+)
+async def test_resume_applies_the_catch_up_policy(
+    engine: engine_.Engine,
+    client: client_.Client,
+    handler: processes.HandlerProcess,
+    policy: str,
+    deadline: float | None,
+) -> None:
+    spec: dict[str, Any] = {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": policy}
+    if deadline is not None:
+        spec["startingDeadlineSeconds"] = deadline
+    key = apply(engine, spec)
+    await eventually(lambda: records(engine, key))
+    key = apply(engine, {**spec, "suspend": True}, key=key)
+    assert engine.render_status(key)["conditions"][0]["reason"] == "Suspended"  # type: ignore[index]
+    suspended_at = now()
+    await asyncio.sleep(4.2)
+    resumed_at = now()
+    apply(engine, spec, key=key)
+    await asyncio.sleep(1.5)
+    history = records(engine, key)
+    engine.remove_schedule(key)
+
+    def during_suspension(times: list[str]) -> list[datetime.datetime]:
+        return sorted(moment for moment in map(_time, times) if suspended_at < moment < resumed_at)
+
+    ran = during_suspension([t["scheduled"] for t in await ticks(client, handler, key)])
+    missed = during_suspension([r["scheduledTime"] for r in history if r["outcome"] == "Missed"])
+    assert len(ran) + len(missed) >= 3  # about four nominal times passed while suspended
+    assert set(ran).isdisjoint(missed)
+    if policy == "Skip":
+        assert ran == []
+    elif policy == "Latest":
+        assert len(ran) == 1
+        assert ran[0] > max(missed)  # the most recent one ran
+    elif deadline is None:
+        assert missed == []
+    else:
+        assert ran
+        assert missed
+        assert all((resumed_at - moment).total_seconds() <= deadline + 0.5 for moment in ran)
+        assert max(missed) < min(ran)
+
+
+def _time(rfc3339: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(rfc3339)
+
+
+async def test_spec_change_reschedules_and_keeps_history(engine: engine_.Engine) -> None:
+    key = apply(engine, {"method": "tick", "schedule": "@every 1s"})
+    await eventually(lambda: records(engine, key))
+    key = apply(engine, {"method": "tick", "schedule": "0 0 1 1 *"}, key=key, generation=2)
+    status = engine.render_status(key)
+    assert status is not None
+    assert status["runs"]  # kept
+    assert status["nextRunTime"].startswith(f"{now().year + 1}-01-01T00:00:00")
+    assert status["observedGeneration"] == 2
+
+
+async def test_removal_stops_future_runs(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
+) -> None:
+    key = apply(engine, {"method": "tick", "schedule": "@every 1s"})
+    await eventually(lambda: records(engine, key))
+    engine.remove_schedule(key)
+    seen = len(await ticks(client, handler, key))
+    await asyncio.sleep(2.5)
+    assert len(await ticks(client, handler, key)) == seen
+    assert engine.render_status(key) is None
+
+
+async def test_missing_handler_and_method_show_in_ready_and_recover(engine: engine_.Engine) -> None:
+    key = apply(engine, {"method": "tick", "schedule": "@every 1s", "handler": "nowhere"})
+    status = engine.render_status(key)
+    assert status is not None
+    assert status["conditions"][0]["reason"] == "HandlerNotFound"
+    [run] = await eventually(lambda: records(engine, key))
+    assert run["outcome"] == "Failed"
+    assert run["error"]["type"] == "HandlerNotFound"
+    engine.set_handler(NAMESPACE, "nowhere", engine_.HandlerInfo("tcp://127.0.0.1:9", frozenset({"other"})))
+    assert engine.render_status(key)["conditions"][0]["reason"] == "MethodNotFound"  # type: ignore[index]
+    engine.set_handler(NAMESPACE, "nowhere", engine_.HandlerInfo("tcp://127.0.0.1:9", frozenset({"tick"})))
+    assert engine.render_status(key)["conditions"][0]["reason"] == "Scheduled"  # type: ignore[index]
+
+
+async def test_invalid_schedule_is_reported_and_others_keep_running(engine: engine_.Engine, sink: MemorySink) -> None:
+    bad = ScheduleKey(NAMESPACE, "bad-cron")
+    problem = engine.apply_schedule(
+        bad, uid="bad", spec={"handler": "probe", "method": "tick", "schedule": "61 * * * *"}, created=now()
+    )
+    assert problem is not None
+    assert "minute field '61'" in problem
+    zone = ScheduleKey(NAMESPACE, "bad-zone")
+    problem = engine.apply_schedule(
+        zone,
+        uid="zone",
+        spec={"handler": "probe", "method": "tick", "schedule": "@daily", "timeZone": "Mars/Olympus"},
+        created=now(),
+    )
+    assert problem is not None
+    assert "Mars/Olympus" in problem
+    good = apply(engine, {"method": "tick", "schedule": "@every 1s"})
+    await eventually(lambda: len(records(engine, good)) >= 2)
+    assert engine.render_status(bad)["conditions"][0]["reason"] == "InvalidSchedule"  # type: ignore[index]
+    assert {(k, r) for k, r, _ in sink.events} >= {(bad, "InvalidSchedule"), (zone, "InvalidSchedule")}
+
+
+async def test_status_writes_are_coalesced(handler: processes.HandlerProcess, client: client_.Client) -> None:
+    sink = MemorySink()
+    engine = engine_.Engine(client=client, status_sink=sink, settings=engine_.EngineSettings(status_interval=2.0))
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await engine.start()
+    try:
+        keys = [apply(engine, {"method": "tick", "schedule": "@every 1s"}) for _ in range(5)]
+        await asyncio.sleep(4.5)
+        ran = sum(len(records(engine, key)) for key in keys)
+    finally:
+        await engine.stop()
+    assert ran >= 15  # each of the 5 ran about 4 times, every run with a start and an end
+    assert sink.writes <= len(keys) * 4  # at most one write per Schedule per 2 s (plus the final flush)
+
+
+def test_run_ids_are_stable_per_schedule_and_time() -> None:
+    moment = datetime.datetime(2026, 11, 28, 6, 0, tzinfo=datetime.UTC)
+    assert runs.run_id("uid-1", moment) == runs.run_id("uid-1", moment)
+    assert runs.run_id("uid-1", moment) != runs.run_id("uid-2", moment)
+    assert runs.run_id("uid-1", moment) != runs.run_id("uid-1", moment + datetime.timedelta(seconds=1))

@@ -1,0 +1,211 @@
+"""Local mode: ``schedulezero run --local DIR`` against a real handler process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import json
+import pathlib
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from schedulezero_handler import client as client_
+from schedulezero_operator import engine as engine_
+from schedulezero_operator import local
+from tests.support import processes
+
+PROBE = "tests.support.handlers:ProbeHandler"
+
+
+@pytest.fixture
+def handler(tmp_path: pathlib.Path) -> Iterator[processes.HandlerProcess]:
+    with processes.running_handler(PROBE, tmp_path) as process:
+        yield process
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[client_.Client]:
+    async with client_.Client() as c:
+        yield c
+
+
+def write(directory: pathlib.Path, name: str, text: str) -> None:
+    (directory / name).write_text(textwrap.dedent(text))
+
+
+def handler_yaml(endpoint: str) -> str:
+    return f"""\
+        apiVersion: schedulezero.io/v1alpha1
+        kind: Handler
+        metadata: {{name: probe}}
+        spec: {{endpoint: "{endpoint}"}}
+        """
+
+
+def schedule_yaml(name: str, spec: str) -> str:
+    body = textwrap.indent(textwrap.dedent(spec), "          ")
+    return f"""\
+        apiVersion: schedulezero.io/v1alpha1
+        kind: Schedule
+        metadata: {{name: {name}}}
+        spec:
+{body}"""
+
+
+def start_local(directory: pathlib.Path, state: pathlib.Path, log: pathlib.Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                processes.SCHEDULEZERO,
+                "run",
+                "--local",
+                str(directory),
+                "--state",
+                str(state),
+                "--metrics-port",
+                "0",
+                "--status-interval",
+                "0.2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def ticks(client: client_.Client, endpoint: str, schedule: str) -> list[dict[str, Any]]:
+    return [t for t in await client.call(endpoint, "ticks_seen") if t["schedule"] == f"default/{schedule}"]
+
+
+async def test_sigkill_and_restart_catch_up_without_running_anything_twice(
+    tmp_path: pathlib.Path, handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    write(schedules, "handler.yaml", handler_yaml(handler.endpoint))
+    spec = 'handler: probe\nmethod: tick\nschedule: "@every 1s"\ncatchUpPolicy: All\n'
+    write(schedules, "tick.yaml", schedule_yaml("tick", spec))
+    state, log = tmp_path / "state.json", tmp_path / "local.log"
+
+    first = start_local(schedules, state, log)
+    await asyncio.sleep(3.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = await ticks(client, handler.endpoint, "tick")
+    assert len(before) >= 2
+    await asyncio.sleep(3.0)  # down: about three runs are missed
+
+    second = start_local(schedules, state, log)
+    await asyncio.sleep(3.5)
+    second.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(second.wait, 15) == 0
+    seen = await ticks(client, handler.endpoint, "tick")
+
+    times = [datetime.datetime.fromisoformat(t["scheduled"]) for t in seen]
+    assert len(times) == len(set(times)), "a run was executed twice at the handler"
+    gaps = [(b - a).total_seconds() for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
+    assert gaps
+    assert max(gaps) == pytest.approx(1.0, abs=0.01)
+    assert len(seen) >= len(before) + 5
+    saved = json.loads(state.read_text())["schedules"]["default/tick"]["status"]
+    assert saved["counters"]["succeeded"] >= len(seen) - 1  # the status carried over the crash
+    assert saved["counters"]["missed"] == 0
+
+
+async def test_bad_files_are_reported_and_the_rest_keep_running(
+    tmp_path: pathlib.Path, handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    directory = tmp_path / "schedules"
+    directory.mkdir()
+    write(directory, "handler.yaml", handler_yaml(handler.endpoint))
+    write(directory, "broken.yaml", "apiVersion: schedulezero.io/v1alpha1\nkind: Schedule\nspec: [unclosed\n")
+    probe = "handler: probe\nmethod: tick\n"
+    write(directory, "typo.yaml", schedule_yaml("typo", probe + 'schedule: "@every 1s"\ntimeoutSecs: 5\n'))
+    write(directory, "cron.yaml", schedule_yaml("cron", probe + 'schedule: "0 25 * * *"\n'))
+    write(directory, "zone.yaml", schedule_yaml("zone", probe + 'schedule: "@daily"\ntimeZone: Mars/Olympus\n'))
+    write(directory, "orphan.yaml", schedule_yaml("orphan", 'handler: nowhere\nmethod: tick\nschedule: "@every 1s"\n'))
+    write(directory, "good.yaml", schedule_yaml("good", probe + 'schedule: "@every 1s"\n'))
+
+    output = io.StringIO()
+    mode = local.LocalMode(
+        directory,
+        state_path=tmp_path / "state.json",
+        terminal=local.Terminal(output),
+        settings=engine_.EngineSettings(status_interval=0.2),
+    )
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(mode.run(stop))
+    await asyncio.sleep(3.5)
+    stop.set()
+    await running
+
+    text = output.getvalue()
+    assert "broken.yaml: not valid YAML" in text
+    assert "typo.yaml: Schedule default/typo is invalid" in text
+    assert "'timeoutSecs' was unexpected" in text
+    assert "hour field '25'" in text
+    assert "Mars/Olympus" in text
+    assert len(await ticks(client, handler.endpoint, "good")) >= 2  # the valid Schedule ran regardless
+    saved = json.loads((tmp_path / "state.json").read_text())["schedules"]
+    orphan = saved["default/orphan"]["status"]
+    assert orphan["conditions"][0]["reason"] == "HandlerNotFound"
+    assert orphan["runs"][0]["error"]["type"] == "HandlerNotFound"  # every run recorded, none lost
+    assert saved["default/cron"]["status"]["conditions"][0]["reason"] == "InvalidSchedule"
+    assert "default/typo" not in saved
+
+
+async def test_files_added_changed_and_removed_are_picked_up(
+    tmp_path: pathlib.Path, handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    directory = tmp_path / "schedules"
+    directory.mkdir()
+    write(directory, "handler.yaml", handler_yaml(handler.endpoint))
+    output = io.StringIO()
+    mode = local.LocalMode(
+        directory, state_path=tmp_path / "state.json", terminal=local.Terminal(output), rescan_interval=0.2
+    )
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(mode.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        write(directory, "late.yaml", schedule_yaml("late", 'handler: probe\nmethod: tick\nschedule: "@every 1s"\n'))
+        await asyncio.sleep(2.5)
+        assert len(await ticks(client, handler.endpoint, "late")) >= 1
+        (directory / "late.yaml").unlink()
+        await asyncio.sleep(0.8)
+        count = len(await ticks(client, handler.endpoint, "late"))
+        await asyncio.sleep(2.0)
+        assert len(await ticks(client, handler.endpoint, "late")) == count
+        assert "removed default/late" in output.getvalue()
+    finally:
+        stop.set()
+        await running
+
+
+def test_demo_command_runs_the_demo(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "demo.log"
+    with out.open("wb") as log:
+        demo = subprocess.Popen(
+            [processes.SCHEDULEZERO, "demo", "--metrics-port", "0"],
+            cwd=processes.controlplane.REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "flaky-job" not in out.read_text():
+            time.sleep(0.2)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(20)
+    text = out.read_text()
+    assert demo.returncode == 0, text
+    assert "default/greet-often              Succeeded" in text
+    assert "default/flaky-job                Succeeded" in text
+    assert "3 att." in text  # it failed twice and was retried
