@@ -1,4 +1,5 @@
-# `make test` sets up everything on a fresh machine, then runs every check.
+# `make demo` sets up the project and runs the demo; `make test` sets up
+# everything the tests need on a fresh machine, then runs every check.
 # Set-up steps are idempotent and cheap when already done.
 
 PYTHON ?= python3
@@ -7,9 +8,13 @@ BIN := $(VENV)/bin
 # Debian packages the tests use: promtool and prometheus for the metrics tests.
 DEB_PACKAGES := prometheus
 
-.PHONY: test setup venv debs control-plane lint typecheck pytest manifests clean
+.PHONY: demo test setup venv debs control-plane lint typecheck pytest manifests clean
 
 test: setup lint typecheck pytest
+
+# The example handler and the Schedules of examples/demo/, in local mode; Ctrl-C stops it.
+demo: venv
+	$(BIN)/schedulezero demo
 
 setup: venv debs control-plane
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import textwrap
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -209,3 +210,43 @@ def test_demo_command_runs_the_demo(tmp_path: pathlib.Path) -> None:
     assert "default/greet-often              Succeeded" in text
     assert "default/flaky-job                Succeeded" in text
     assert "3 att." in text  # it failed twice and was retried
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+async def test_metrics_endpoint_exports_the_operator_metrics(
+    tmp_path: pathlib.Path, handler: processes.HandlerProcess
+) -> None:
+    directory = tmp_path / "schedules"
+    directory.mkdir()
+    write(directory, "handler.yaml", handler_yaml(handler.endpoint))
+    write(directory, "tick.yaml", schedule_yaml("tick", 'handler: probe\nmethod: tick\nschedule: "@every 1s"\n'))
+    write(directory, "fail.yaml", schedule_yaml("fail", 'handler: probe\nmethod: nope\nschedule: "@every 1s"\n'))
+    mode = local.LocalMode(directory, state_path=tmp_path / "state.json", terminal=local.Terminal(io.StringIO()))
+    port = processes.controlplane.free_port()
+    mode.engine.metrics.serve(port=port, address="127.0.0.1")
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(mode.run(stop))
+    await asyncio.sleep(2.5)
+    try:
+        text = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+    finally:
+        stop.set()
+        await running
+    assert 'schedulezero_schedule_runs_total{namespace="default",outcome="Succeeded",schedule="tick"}' in text
+    assert 'schedulezero_schedule_runs_total{namespace="default",outcome="Failed",schedule="fail"}' in text
+    assert 'schedulezero_rpc_calls_total{code="MethodNotFound",handler="default/probe"}' in text
+    for name in (
+        "schedulezero_schedule_run_duration_seconds_bucket",
+        "schedulezero_schedule_fire_lateness_seconds_bucket",
+        'schedulezero_schedule_next_run_timestamp_seconds{namespace="default",schedule="tick"}',
+        'schedulezero_schedule_last_success_timestamp_seconds{namespace="default",schedule="tick"}',
+        'schedulezero_schedule_suspended{namespace="default",schedule="tick"} 0.0',
+        "schedulezero_rpc_call_duration_seconds_bucket",
+        "schedulezero_build_info{",
+        "schedulezero_status_writes_total",
+    ):
+        assert name in text

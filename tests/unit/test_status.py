@@ -1,0 +1,77 @@
+"""Building the status: history limits, the result cut, conditions, and the restart round trip."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from schedulezero_operator import status
+
+T0 = datetime.datetime(2026, 11, 28, 6, 0, tzinfo=datetime.UTC)
+
+
+def record(minute: int, outcome: status.Outcome) -> status.RunRecord:
+    at = T0 + datetime.timedelta(minutes=minute)
+    return status.RunRecord(
+        run_id=f"r{minute}", scheduled_time=at, outcome=outcome, start_time=at, finish_time=at, attempts=1
+    )
+
+
+def test_history_keeps_the_newest_of_each_kind_within_its_limit() -> None:
+    history = status.History()
+    kinds = [status.Outcome.SUCCEEDED, status.Outcome.FAILED, status.Outcome.SKIPPED, status.Outcome.MISSED]
+    for minute in range(12):
+        history.record(record(minute, kinds[minute % 4]), successful_limit=3, failed_limit=2)
+    # successful kinds (Succeeded, Skipped) at even minutes keep 10, 8, 6; failed kinds keep 11, 9
+    assert [r.run_id for r in history.runs] == ["r11", "r10", "r9", "r8", "r6"]
+    assert history.counters == {"succeeded": 3, "failed": 3, "missed": 3, "skipped": 3}
+    assert history.last_successful_time == T0 + datetime.timedelta(minutes=8)
+    assert history.last_failure_time == T0 + datetime.timedelta(minutes=9)
+
+
+def test_late_finishing_runs_are_ordered_by_scheduled_time() -> None:
+    history = status.History()
+    history.record(record(5, status.Outcome.SUCCEEDED), successful_limit=3, failed_limit=3)
+    history.record(record(1, status.Outcome.SUCCEEDED), successful_limit=3, failed_limit=3)
+    assert [r.run_id for r in history.runs] == ["r5", "r1"]
+
+
+def test_results_are_cut_at_4_kib_with_a_marker() -> None:
+    assert status.cut_result({"a": [1, 2]}) == '{"a":[1,2]}'
+    cut = status.cut_result({"blob": "é" * 5000})
+    assert len(cut.encode()) <= status.RESULT_LIMIT
+    assert cut.endswith(status.TRUNCATED)
+    assert cut.startswith('{"blob":"éé')
+
+
+def test_condition_transition_time_changes_only_with_its_status() -> None:
+    history = status.History()
+    history.set_condition("Ready", "True", "Scheduled", "next at 1", now=T0, generation=1)
+    history.set_condition("Ready", "True", "Scheduled", "next at 2", now=T0 + datetime.timedelta(hours=1), generation=1)
+    assert history.conditions["Ready"].last_transition_time == T0
+    later = T0 + datetime.timedelta(hours=2)
+    history.set_condition("Ready", "False", "Suspended", "", now=later, generation=2)
+    assert history.conditions["Ready"].last_transition_time == later
+
+
+def test_restore_reads_back_what_render_writes() -> None:
+    history = status.History(last_schedule_time=T0, last_run_now_token="tok")
+    history.record(record(0, status.Outcome.SUCCEEDED), successful_limit=3, failed_limit=3)
+    failed = record(1, status.Outcome.FAILED)
+    failed.error = {"type": "HandlerError", "message": "boom"}
+    history.record(failed, successful_limit=3, failed_limit=3)
+    history.set_condition("Ready", "True", "Scheduled", "ok", now=T0, generation=4)
+    rendered = json.loads(json.dumps(history.render()))  # as it travels through the API server
+    again = status.History.restore(rendered)
+    assert again.render() == rendered
+    assert again.last_schedule_time == T0
+
+
+def test_restore_survives_garbage() -> None:
+    restored = status.History.restore(
+        {"runs": [{"runId": 3}, "x", {"runId": "a", "scheduledTime": "nope", "outcome": "Succeeded"}],
+         "counters": {"succeeded": -4, "failed": "many"}, "lastScheduleTime": 12, "conditions": [None]}
+    )  # fmt: skip
+    assert restored.runs == []
+    assert restored.counters == {"succeeded": 0, "failed": 0, "missed": 0, "skipped": 0}
+    assert restored.last_schedule_time is None
