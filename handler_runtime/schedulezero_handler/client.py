@@ -88,12 +88,22 @@ class _Connection:
         self.monitor: zmq.asyncio.Socket = socket.get_monitor_socket(events)
         socket.connect(endpoint)
         self.socket = socket
+        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
 
     async def _read(self) -> None:
         while True:
-            frames = await self.socket.recv_multipart()
+            await self.socket.poll(zmq.POLLIN)
+            self._drain()
+
+    def _drain(self) -> None:
+        """Resolves every reply that has arrived, without waiting: one loop wake-up per batch."""
+        while True:
+            try:
+                frames = self._sync.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             try:
                 kind, call_id, _, body = protocol.split(frames, max_size=2**63)
                 reply = protocol.decode_reply(kind, call_id, body)
@@ -108,6 +118,7 @@ class _Connection:
         while True:
             event = zmq.utils.monitor.parse_monitor_message(await self.monitor.recv_multipart())
             if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._drain()  # replies that arrived just before the connection closed still count
                 self.fail_pending(errors.Unavailable(f"connection to {self.endpoint} lost"))
             elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
@@ -129,20 +140,26 @@ class _Connection:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self.pending[call.call_id] = future
-        # Connected, the send completes at once. Not connected (IMMEDIATE), it waits
-        # for a connection, and the monitor may fail the call meanwhile (key refused).
-        send = asyncio.ensure_future(self.socket.send_multipart(protocol.encode_call(call)))
+        frames = protocol.encode_call(call)
+        send: asyncio.Future[Any] | None = None
+        try:  # connected: the send completes at once, without asyncio's machinery
+            self._sync.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            # Not connected (IMMEDIATE): wait for a connection, while the
+            # monitor may fail the call meanwhile (a refused key).
+            send = asyncio.ensure_future(self.socket.send_multipart(frames))
         try:
             async with asyncio.timeout(wait):
-                if not send.done():
+                if send is not None and not send.done():
                     await asyncio.wait((send, future), return_when=asyncio.FIRST_COMPLETED)
-                reply = await asyncio.shield(future)
+                # Another caller of the same call id shares the future: never cancel it for them.
+                reply = await (future if owner else asyncio.shield(future))
         except TimeoutError:
-            if not send.done():
+            if send is not None and not send.done():
                 raise errors.Unavailable(f"no connection to {self.endpoint} within {wait:.1f} s") from None
             raise errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s") from None
         finally:
-            if not send.done():
+            if send is not None and not send.done():
                 send.cancel()
             if owner:
                 self.pending.pop(call.call_id, None)
@@ -203,7 +220,6 @@ class Client:
         """
         call_id = call_id or protocol.new_call_id()
         payload = dict(params or {})
-        rng = rng or random.Random(call_id)
         connection = self._connection(endpoint)
         loop = asyncio.get_running_loop()
         attempt = 1
@@ -223,6 +239,7 @@ class Client:
                 error.attempts = attempt
                 if not error.retryable or attempt >= retry.max_attempts:
                     raise
+                rng = rng or random.Random(call_id)  # only when retrying: it costs a few µs per call
                 delay = retry.delay(attempt, rng)
                 if retry_until is not None and loop.time() + delay >= retry_until:
                     raise

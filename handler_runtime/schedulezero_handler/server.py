@@ -88,6 +88,8 @@ class Server:
         self.draining = False
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
+        self._sync: zmq.Socket[bytes] | None = None
+        """The same socket without asyncio's per-message machinery: drained and written directly."""
         self._running: dict[bytes, _Running] = {}
         self._replies = dedup.ReplyCache(ttl=self.settings.reply_ttl, max_entries=self.settings.reply_cache_size)
         self._state_lock = asyncio.Lock()
@@ -117,6 +119,7 @@ class Server:
             self.settings.curve.apply(socket)
         socket.bind(self.settings.bind)
         self._socket = socket
+        self._sync = zmq.Socket.shadow(socket.underlying)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.settings.http_port is not None:
             self._http = health.HealthServer(self, host=self.settings.http_host, port=self.settings.http_port)
@@ -173,13 +176,20 @@ class Server:
 
     async def _receive_loop(self) -> None:
         assert self._socket is not None
+        assert self._sync is not None
         while True:
-            frames = await self._socket.recv_multipart()
-            try:
-                self._dispatch(frames[0], frames[1:])
-            except Exception:  # a bug here must not stop the handler
-                self.stats.dropped_messages += 1
-                log.exception("dropping a message that could not be dispatched")
+            await self._socket.poll(zmq.POLLIN)
+            # Drain everything that arrived in one go: one wake-up of the loop per batch, not per message.
+            while True:
+                try:
+                    frames = self._sync.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    self._dispatch(frames[0], frames[1:])
+                except Exception:  # a bug here must not stop the handler
+                    self.stats.dropped_messages += 1
+                    log.exception("dropping a message that could not be dispatched")
 
     def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
         try:
@@ -294,9 +304,9 @@ class Server:
 
     def _reply_now(self, identity: bytes, frames: list[bytes]) -> None:
         """Queues a reply without waiting; a caller that has gone away is counted, not an error."""
-        assert self._socket is not None
+        assert self._sync is not None
         try:
-            self._socket.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+            self._sync.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError as error:
             self.stats.dropped_messages += 1
             log.debug("reply not delivered: %s", error)
