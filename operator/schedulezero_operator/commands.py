@@ -123,3 +123,86 @@ def _run_demo(args: argparse.Namespace) -> int:
         handler.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             handler.wait(10)
+
+
+def register_kubernetes(subparsers: Subparsers) -> None:
+    operator = subparsers.add_parser(
+        "operator",
+        help="run the Kubernetes operator",
+        description="Watch Schedules and Handlers and run the Schedules. One replica is the supported shape.",
+    )
+    scope = operator.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--namespace", "-n", action="append", metavar="NS", help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    operator.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="/metrics port (0: none)")
+    operator.add_argument(
+        "--liveness-port", type=int, default=8080, help="/healthz port for the liveness probe (0: none)"
+    )
+    operator.add_argument("--log-format", choices=["text", "json"], default="text")
+    operator.add_argument("--verbose", action="store_true", help="debug logging")
+    operator.add_argument(
+        "--status-interval", type=float, default=2.0, help="seconds between status writes per Schedule"
+    )
+    operator.add_argument("--probe-interval", type=float, default=30.0, help="seconds between probes of each Handler")
+    operator.add_argument("--event-interval", type=float, default=60.0, help="seconds between like Events per object")
+    operator.set_defaults(func=_run_operator)
+
+    run_now = subparsers.add_parser(
+        "run-now",
+        help="run a Schedule once, now",
+        description="Sets the schedulezero.io/run-now annotation to a new token; the operator runs the Schedule once.",
+    )
+    run_now.add_argument("name", help="Schedule name")
+    run_now.add_argument("--namespace", "-n", default=None, help="namespace (default: the kubeconfig's)")
+    run_now.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    run_now.set_defaults(func=_run_now)
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from schedulezero_operator import controller
+
+    log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=args.verbose, log_format=log_format)
+    config = controller.ControllerSettings(
+        status_interval=args.status_interval,
+        probe_interval=args.probe_interval,
+        event_interval=args.event_interval,
+        metrics_port=args.metrics_port or None,
+    )
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=controller.build_registry(config),
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespace or (),
+            standalone=True,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
+
+
+def _run_now(args: argparse.Namespace) -> int:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from schedulezero_operator import kubeapi
+
+    async def request() -> tuple[str, str]:
+        api_client = await kubeapi.connect(args.kubeconfig)
+        api = kubeapi.Api(api_client)
+        try:
+            namespace = args.namespace or kubeapi.default_namespace(args.kubeconfig)
+            return namespace, await api.request_run(namespace, args.name)
+        finally:
+            await api.close()
+
+    try:
+        namespace, token = asyncio.run(request())
+    except ApiException as error:
+        reason = "not found" if error.status == 404 else f"{error.status} {error.reason}"
+        print(f"schedulezero: Schedule {args.name}: {reason}", file=sys.stderr)
+        return 1
+    print(f"schedule.schedulezero.io/{args.name} in {namespace}: run requested (token {token})")
+    return 0

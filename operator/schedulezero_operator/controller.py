@@ -1,0 +1,261 @@
+"""The kopf operator: Schedules and Handlers from the Kubernetes API into the engine.
+
+Watch events (``kopf.on.event``) feed the engine, which is idempotent: the
+initial listing after a start restores every Schedule from its status and
+catches up, a status write of our own comes back as an event that changes
+nothing, and a deletion stops future runs. No handler needs a finalizer or
+kopf's progress annotations, so deleting a Schedule never waits for the
+operator, and the operator writes nothing but status and Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import kopf
+
+from schedulezero_handler import client as client_
+from schedulezero_operator import engine as engine_
+from schedulezero_operator import kubeapi, probe, status
+from schedulezero_operator.metrics import OperatorMetrics
+from schedulezero_operator.sinks import ScheduleKey
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = kubeapi.GROUP, kubeapi.VERSION
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ControllerSettings:
+    """What ``schedulezero operator`` is told on its command line."""
+
+    status_interval: float = 2.0
+    """At most one status write per Schedule per this many seconds."""
+    probe_interval: float = 30.0
+    """Seconds between probes of each Handler."""
+    event_interval: float = 60.0
+    """At most one Event per object and reason per this many seconds."""
+    metrics_port: int | None = 9464
+    """Port of ``/metrics``; None serves none."""
+    watch_timeout: int = 300
+    """Seconds a watch request lasts before kopf renews it (server side); the client gives up a bit later."""
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the handlers share, kept in kopf's memo."""
+
+    api: kubeapi.Api
+    client: client_.Client
+    engine: engine_.Engine
+    events: kubeapi.EventRecorder
+    prober: probe.Prober
+    uids: dict[tuple[str, str, str], str]
+    """(kind, namespace, name) -> uid, for Events about objects."""
+    handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Last Handler status written, by namespace/name."""
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+@dataclasses.dataclass
+class _EngineEvents:
+    """The engine's EventSink, turned into Kubernetes Events on Schedules."""
+
+    uids: dict[tuple[str, str, str], str]
+    recorder: kubeapi.EventRecorder
+
+    def event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
+        uid = self.uids.get(("Schedule", key.namespace, key.name), "")
+        ref = kubeapi.ObjectRef("Schedule", key.namespace, key.name, uid)
+        self.recorder.record(ref, warning=warning, reason=reason, message=message)
+
+
+def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The same credentials as our own API client: the pod's service account, else the kubeconfig."""
+        return await kopf.login_via_async_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        # One replica is the supported shape until HA exists: no peering at all,
+        # rather than kopf's default of peering when the peering resource exists.
+        settings.peering.standalone = True
+        settings.peering.mandatory = False
+        # Watches are renewed deliberately, so a silently dropped connection
+        # (an API server restart behind a load balancer) cannot stall us.
+        settings.watching.server_timeout = config.watch_timeout
+        settings.watching.client_timeout = config.watch_timeout + 30
+        settings.watching.connect_timeout = 10
+        settings.watching.reconnect_backoff = 1.0
+        settings.networking.request_timeout = 60
+        # The namespaces are named exactly (or all), and the CRDs are installed
+        # before the operator: no need to watch namespaces or CRDs, nor the
+        # cluster-wide permissions that would take.
+        settings.scanning.disabled = True
+        settings.posting.level = logging.WARNING
+        memo.runtime = await _start(config)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        await runtime.prober.stop()
+        await runtime.engine.stop()
+        await runtime.events.stop()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        await runtime.client.close()
+        await runtime.api.close()
+
+    @kopf.on.event(GROUP, VERSION, "schedules", registry=registry)
+    async def schedule_event(
+        event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        assert namespace is not None  # both resources are namespaced
+        runtime: Runtime = memo.runtime
+        key = ScheduleKey(namespace, name)
+        if event["type"] == "DELETED":
+            runtime.engine.remove_schedule(key)
+            runtime.uids.pop(("Schedule", namespace, name), None)
+            return
+        meta = body["metadata"]
+        runtime.uids["Schedule", namespace, name] = meta["uid"]
+        runtime.engine.apply_schedule(
+            key,
+            uid=meta["uid"],
+            spec=copy.deepcopy(dict(body.get("spec") or {})),
+            created=_timestamp(meta.get("creationTimestamp")),
+            generation=meta.get("generation"),
+            status_=copy.deepcopy(dict(body.get("status") or {})),
+        )
+        token = (meta.get("annotations") or {}).get(kubeapi.RUN_NOW_ANNOTATION)
+        if token:
+            runtime.engine.run_now(key, str(token))
+
+    @kopf.on.event(GROUP, VERSION, "handlers", registry=registry)
+    async def handler_event(
+        event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        assert namespace is not None  # both resources are namespaced
+        runtime: Runtime = memo.runtime
+        qualified = f"{namespace}/{name}"
+        if event["type"] == "DELETED":
+            runtime.engine.set_handler(namespace, name, None)
+            runtime.prober.forget(qualified)
+            runtime.handlers.pop(qualified, None)
+            return
+        runtime.uids["Handler", namespace, name] = body["metadata"]["uid"]
+        endpoint = resolve_endpoint(namespace, body.get("spec") or {})
+        known = body.get("status") or {}
+        methods = known.get("methods") if known.get("endpoint") == endpoint else None
+        names = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
+        runtime.engine.set_handler(namespace, name, engine_.HandlerInfo(endpoint, names))
+        runtime.prober.watch(qualified, endpoint)
+
+    return registry
+
+
+async def _start(config: ControllerSettings) -> Runtime:
+    api = kubeapi.Api(await kubeapi.connect())
+    client = client_.Client()
+    metrics = OperatorMetrics()
+    if config.metrics_port:
+        metrics.serve(port=config.metrics_port)
+    events = kubeapi.EventRecorder(api, interval=config.event_interval)
+    uids: dict[tuple[str, str, str], str] = {}
+    engine = engine_.Engine(
+        client=client,
+        status_sink=kubeapi.ScheduleStatusSink(api),
+        events=_EngineEvents(uids, events),
+        metrics=metrics,
+        settings=engine_.EngineSettings(status_interval=config.status_interval),
+    )
+    prober = probe.Prober(
+        client, interval=config.probe_interval, on_result=lambda name, result: _probed(runtime, name, result)
+    )
+    runtime = Runtime(api=api, client=client, engine=engine, events=events, prober=prober, uids=uids)
+    events.start()
+    await runtime.engine.start()
+    runtime.prober.start()
+    return runtime
+
+
+def resolve_endpoint(namespace: str, spec: dict[str, Any]) -> str:
+    """spec.endpoint as given, or the DNS name of spec.service in the Handler's namespace."""
+    if spec.get("endpoint"):
+        return str(spec["endpoint"])
+    service = spec.get("service") or {}
+    return f"tcp://{service.get('name')}.{namespace}.svc:{service.get('port')}"
+
+
+def _probed(runtime: Runtime, qualified: str, result: probe.ProbeResult) -> None:
+    namespace, _, name = qualified.partition("/")
+    previous = runtime.handlers.get(qualified, {})
+    reachable = result.state != "Unreachable"
+    methods = [_method(m) for m in result.described] if reachable else previous.get("methods", [])
+    handler_status: dict[str, Any] = {
+        "endpoint": result.endpoint,
+        "state": result.state,
+        "methods": methods,
+        "methodCount": len(methods),
+        "version": result.version if reachable else previous.get("version"),
+        "lastSeenTime": status.rfc3339(result.seen) if reachable else previous.get("lastSeenTime"),
+    }
+    names = frozenset(m["name"] for m in methods) if (reachable or previous) else None
+    runtime.engine.set_handler(namespace, name, engine_.HandlerInfo(result.endpoint, names))
+    if not reachable and previous.get("state") != "Unreachable":
+        ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
+        runtime.events.record(
+            ref, warning=True, reason="HandlerUnreachable", message=f"{result.endpoint}: {result.error}"
+        )
+    was_reachable = previous.get("state") not in (None, "Unreachable")
+    since = previous["conditions"][0]["lastTransitionTime"] if previous and was_reachable == reachable else None
+    handler_status["conditions"] = [
+        {
+            "type": "Reachable",
+            "status": "True" if reachable else "False",
+            "reason": "Probed" if reachable else "Unreachable",
+            "message": f"answered sys.health at {result.endpoint}" if reachable else str(result.error),
+            "lastTransitionTime": since or status.rfc3339(datetime.datetime.now(datetime.UTC).replace(microsecond=0)),
+        }
+    ]
+    runtime.handlers[qualified] = handler_status
+    runtime.spawn(_write_handler_status(runtime, namespace, name, handler_status))
+
+
+async def _write_handler_status(runtime: Runtime, namespace: str, name: str, handler_status: dict[str, Any]) -> None:
+    try:
+        await runtime.api.patch_status("handlers", namespace, name, handler_status)
+    except Exception as error:
+        log.warning("status of Handler %s/%s not written: %s", namespace, name, error)
+
+
+def _method(described: dict[str, Any]) -> dict[str, Any]:
+    method: dict[str, Any] = {"name": described["name"]}
+    if described.get("doc"):
+        method["doc"] = str(described["doc"])[:1024]
+    params = [
+        {"name": str(p.get("name")), "type": str(p.get("type", "Any")), "required": bool(p.get("required"))}
+        for p in described.get("params", [])
+        if isinstance(p, dict)
+    ]
+    if params:
+        method["params"] = params
+    return method
+
+
+def _timestamp(text: Any) -> datetime.datetime:
+    parsed = status.parse_rfc3339(text)
+    return parsed if parsed is not None else datetime.datetime.now(datetime.UTC)

@@ -1,0 +1,170 @@
+"""The operator's writes to the Kubernetes API: status, Events and the run-now annotation.
+
+kopf watches; these are the few calls made outside its handlers, through
+kubernetes_asyncio, authenticated the same way kopf is (kubeconfig or the pod's
+service account). Status goes through the status subresource as a JSON merge
+patch, so fields the engine sets to null disappear and spec is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import logging
+import time
+import uuid
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from schedulezero_operator.sinks import ScheduleKey
+
+log = logging.getLogger(__name__)
+
+GROUP = "schedulezero.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+RUN_NOW_ANNOTATION = "schedulezero.io/run-now"
+MERGE_PATCH = "application/merge-patch+json"
+COMPONENT = "schedulezero-operator"
+
+
+async def connect(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """An API client from the pod's service account, else from the kubeconfig (``KUBECONFIG``)."""
+    configuration = k8s.Configuration()
+    try:
+        if kubeconfig is not None:
+            raise k8s_config.ConfigException("kubeconfig given")
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace of the kubeconfig's current context, else "default"."""
+    try:
+        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+    except (k8s_config.ConfigException, OSError):
+        return "default"
+    return str(((active or {}).get("context") or {}).get("namespace") or "default")
+
+
+class Api:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.api_client = api_client
+        # Typed as Any: its stubs omit the _content_type option that custom resources need (merge patch).
+        self.custom: Any = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patches an object's status; an object that is gone is not an error."""
+        try:
+            await self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def request_run(self, namespace: str, name: str, token: str | None = None) -> str:
+        """Sets the run-now annotation to a new token; the operator runs the Schedule once for it."""
+        token = token or f"{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        patch = {"metadata": {"annotations": {RUN_NOW_ANNOTATION: token}}}
+        await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "schedules", name, patch, _content_type=MERGE_PATCH
+        )
+        return token
+
+    async def create_event(self, event: k8s.CoreV1Event) -> None:
+        await self.core.create_namespaced_event(event.metadata.namespace, event)
+
+
+class ScheduleStatusSink:
+    """The engine's StatusSink: each write is one status-subresource patch."""
+
+    def __init__(self, api: Api) -> None:
+        self._api = api
+
+    async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
+        await self._api.patch_status("schedules", key.namespace, key.name, status)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+
+
+class EventRecorder:
+    """Posts Kubernetes Events, at most one per object and reason per ``interval``.
+
+    A Schedule firing every second and failing every time would otherwise
+    write an Event per run; instead the next Event after a quiet interval says
+    how many were held back. Posting happens in a background task, so callers
+    never wait on the API.
+    """
+
+    def __init__(self, api: Api, *, interval: float = 60.0, instance: str = "") -> None:
+        self._api = api
+        self._interval = interval
+        self._instance = instance
+        self._last: dict[tuple[str, str, str, str], float] = {}
+        self._held: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        self._queue: asyncio.Queue[k8s.CoreV1Event] = asyncio.Queue(maxsize=1000)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._post())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def record(self, ref: ObjectRef, *, warning: bool, reason: str, message: str) -> None:
+        key = (ref.kind, ref.namespace, ref.name, reason)
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            self._held[key] += 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            message = f"{message} ({held} more like this in the last {self._interval:.0f} s)"
+        moment = datetime.datetime.now(datetime.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
+            involved_object=k8s.V1ObjectReference(
+                api_version=API_VERSION, kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            source=k8s.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=self._instance or COMPONENT,
+            first_timestamp=moment,
+            last_timestamp=moment,
+            count=1 + held,
+        )
+        with contextlib.suppress(asyncio.QueueFull):  # under an Event storm, drop rather than grow
+            self._queue.put_nowait(event)
+
+    async def _post(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self._api.create_event(event)
+            except Exception as error:
+                log.info("event %s for %s not posted: %s", event.reason, event.involved_object.name, error)

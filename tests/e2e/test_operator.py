@@ -1,0 +1,349 @@
+"""The kopf operator against the real API server, with handlers as local processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from schedulezero_handler import client as client_
+from tests.support import controlplane, processes
+
+pytestmark = pytest.mark.e2e
+
+PROBE = "tests.support.handlers:ProbeHandler"
+RBAC = controlplane.REPO / "manifests" / "rbac"
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(
+    cluster: controlplane.Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """A kubeconfig for the operator's ServiceAccount, bound by manifests/rbac (not an admin)."""
+    cluster.kubectl("apply", "-f", str(RBAC / "cluster.yaml"))
+    token = cluster.kubectl(
+        "create", "token", "schedulezero-operator", "-n", "schedulezero-system", "--duration", "4h"
+    ).stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "operator"
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Operator:
+    """``schedulezero operator`` as a process."""
+
+    def __init__(self, kubeconfig: pathlib.Path, log: pathlib.Path, *scope: str) -> None:
+        self.kubeconfig, self.log, self.scope = kubeconfig, log, scope
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                [
+                    processes.SCHEDULEZERO,
+                    "operator",
+                    *self.scope,
+                    "--metrics-port",
+                    "0",
+                    "--liveness-port",
+                    "0",
+                    "--status-interval",
+                    "0.5",
+                    "--probe-interval",
+                    "1",
+                    "--event-interval",
+                    "5",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            )
+        return self
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def operator(operator_kubeconfig: pathlib.Path, namespace: str, tmp_path: pathlib.Path) -> Iterator[Operator]:
+    running = Operator(operator_kubeconfig, tmp_path / "operator.log", "--namespace", namespace).start()
+    yield running
+    running.stop(signal.SIGKILL)
+    print(running.output()[-5000:])  # captured: shown when the test failed
+
+
+@pytest.fixture
+def probe_handler(tmp_path: pathlib.Path) -> Iterator[processes.HandlerProcess]:
+    with processes.running_handler(PROBE, tmp_path) as handler:
+        yield handler
+
+
+def apply(cluster: controlplane.Cluster, namespace: str, *documents: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input="\n---\n".join(json.dumps(d) for d in documents))
+
+
+def handler_doc(endpoint: str, name: str = "probe") -> dict[str, Any]:
+    return {
+        "apiVersion": "schedulezero.io/v1alpha1",
+        "kind": "Handler",
+        "metadata": {"name": name},
+        "spec": {"endpoint": endpoint},
+    }
+
+
+def schedule_doc(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "schedulezero.io/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": name},
+        "spec": {"handler": "probe", "method": "tick", **spec},
+    }
+
+
+def get(cluster: controlplane.Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
+
+
+def eventually(predicate: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(controlplane.ToolError, KeyError, IndexError, TypeError):
+            last = predicate()
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+
+
+def ticks(handler: processes.HandlerProcess, namespace: str, name: str) -> list[dict[str, Any]]:
+    async def fetch() -> list[dict[str, Any]]:
+        async with client_.Client() as client:
+            seen: list[dict[str, Any]] = await client.call(handler.endpoint, "ticks_seen", timeout=10)
+            return seen
+
+    return [t for t in asyncio.run(fetch()) if t["schedule"] == f"{namespace}/{name}"]
+
+
+def succeeded(status: dict[str, Any]) -> int:
+    return int(status.get("counters", {}).get("succeeded", 0))
+
+
+def test_runs_show_in_status_and_in_kubectl(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, probe_handler: processes.HandlerProcess
+) -> None:
+    apply(cluster, namespace, handler_doc(probe_handler.endpoint), schedule_doc("every2", schedule="@every 2s"))
+    status = eventually(lambda: (s := get(cluster, namespace, "sched", "every2")["status"]) and succeeded(s) >= 2 and s)
+    run = status["runs"][0]
+    assert run["outcome"] == "Succeeded"
+    assert run["result"].startswith('"')  # tick returns its nominal time, as JSON
+    assert status["conditions"][0]["type"] == "Ready"
+    assert status["conditions"][0]["status"] == "True"
+    assert status["observedGeneration"] == 1
+
+    _, row = cluster.kubectl("get", "sched", "every2", "-n", namespace).stdout.splitlines()
+    cells = row.split()
+    assert cells[:5] == ["every2", "@every", "2s", "probe", "tick"]
+    assert cells[5:7] == ["false", "True"]
+    assert cells[8] == "Succeeded"
+    assert cells[9].endswith("Z")  # NEXT RUN
+
+    handler_status = eventually(
+        lambda: (s := get(cluster, namespace, "hdl", "probe")["status"])["state"] == "Active" and s
+    )
+    assert "tick" in [m["name"] for m in handler_status["methods"]]
+    assert handler_status["conditions"][0]["status"] == "True"
+    _, hdl_row = cluster.kubectl("get", "hdl", "probe", "-n", namespace).stdout.splitlines()
+    assert hdl_row.split()[1:4] == [probe_handler.endpoint, "Active", "True"]
+
+    assert operator.stop() == 0  # SIGTERM: in-flight runs finish, the last status is written
+    final = get(cluster, namespace, "sched", "every2")["status"]
+    assert succeeded(final) == len(ticks(probe_handler, namespace, "every2"))  # exactly the calls recorded
+
+
+def test_invalid_schedule_is_flagged_and_the_valid_one_runs(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, probe_handler: processes.HandlerProcess
+) -> None:
+    apply(
+        cluster,
+        namespace,
+        handler_doc(probe_handler.endpoint),
+        schedule_doc("bad", schedule="61 * * * *"),
+        schedule_doc("good", schedule="@every 1s"),
+    )
+    ready = eventually(lambda: get(cluster, namespace, "sched", "bad")["status"]["conditions"][0])
+    assert ready["status"] == "False"
+    assert ready["reason"] == "InvalidSchedule"
+    assert "minute field '61'" in ready["message"]
+    events = eventually(
+        lambda: [
+            e
+            for e in json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+            if e["involvedObject"]["name"] == "bad" and e["reason"] == "InvalidSchedule"
+        ]
+    )
+    assert events[0]["type"] == "Warning"
+    eventually(lambda: succeeded(get(cluster, namespace, "sched", "good")["status"]) >= 2)
+
+
+def test_suspend_resume_run_now_change_and_delete(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, probe_handler: processes.HandlerProcess
+) -> None:
+    apply(
+        cluster,
+        namespace,
+        handler_doc(probe_handler.endpoint),
+        schedule_doc("life", schedule="@every 1s", catchUpPolicy="Skip"),
+    )
+    eventually(lambda: succeeded(get(cluster, namespace, "sched", "life")["status"]) >= 1)
+
+    cluster.kubectl("patch", "sched", "life", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    eventually(lambda: get(cluster, namespace, "sched", "life")["status"]["conditions"][0]["reason"] == "Suspended")
+    paused = len(ticks(probe_handler, namespace, "life"))
+    time.sleep(2.5)
+    assert len(ticks(probe_handler, namespace, "life")) <= paused + 1  # at most a run already in flight
+
+    done = subprocess.run(
+        [processes.SCHEDULEZERO, "run-now", "life", "-n", namespace],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = done.stdout.split("token ")[1].rstrip(")\n")
+    eventually(lambda: get(cluster, namespace, "sched", "life")["status"].get("lastRunNowToken") == token)
+    eventually(lambda: len(ticks(probe_handler, namespace, "life")) == paused + 1)  # once, even while suspended
+
+    cluster.kubectl("patch", "sched", "life", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    resumed = len(ticks(probe_handler, namespace, "life"))
+    eventually(lambda: len(ticks(probe_handler, namespace, "life")) >= resumed + 2)
+
+    cluster.kubectl(
+        "patch", "sched", "life", "-n", namespace, "--type=merge", "-p", '{"spec": {"schedule": "0 0 1 1 *"}}'
+    )
+    status = eventually(
+        lambda: (s := get(cluster, namespace, "sched", "life")["status"]) and s.get("observedGeneration") == 4 and s
+    )
+    assert status["nextRunTime"].startswith(f"{datetime.datetime.now(datetime.UTC).year + 1}-01-01T00:00:00")
+    assert status["runs"]  # history kept
+
+    cluster.kubectl(
+        "patch", "sched", "life", "-n", namespace, "--type=merge", "-p", '{"spec": {"schedule": "@every 1s"}}'
+    )
+    eventually(lambda: len(ticks(probe_handler, namespace, "life")) >= resumed + 4)
+    started = time.monotonic()
+    cluster.kubectl("delete", "sched", "life", "-n", namespace, "--timeout=20s")
+    assert time.monotonic() - started < 10  # no finalizer to wait for
+    time.sleep(1.0)
+    after_delete = len(ticks(probe_handler, namespace, "life"))
+    time.sleep(2.5)
+    assert len(ticks(probe_handler, namespace, "life")) == after_delete
+
+
+def test_sigkill_and_restart_catch_up_without_double_runs(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    operator_kubeconfig: pathlib.Path,
+    probe_handler: processes.HandlerProcess,
+    tmp_path: pathlib.Path,
+) -> None:
+    apply(
+        cluster,
+        namespace,
+        handler_doc(probe_handler.endpoint),
+        schedule_doc("crash", schedule="@every 1s", catchUpPolicy="All"),
+    )
+    first = Operator(operator_kubeconfig, tmp_path / "first.log", "--namespace", namespace).start()
+    eventually(lambda: succeeded(get(cluster, namespace, "sched", "crash")["status"]) >= 3)
+    first.stop(signal.SIGKILL)
+    time.sleep(3.0)
+    second = Operator(operator_kubeconfig, tmp_path / "second.log", "--namespace", namespace).start()
+    try:
+        before = len(ticks(probe_handler, namespace, "crash"))
+        eventually(lambda: len(ticks(probe_handler, namespace, "crash")) >= before + 6)
+    finally:
+        assert second.stop() == 0, second.output()[-3000:]
+    seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in ticks(probe_handler, namespace, "crash"))
+    assert len(seen) == len(set(seen)), "a run was executed twice at the handler"
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(seen)]
+    assert max(gaps) == pytest.approx(1.0, abs=0.01)  # catchUpPolicy All: the outage's runs ran too
+    assert get(cluster, namespace, "sched", "crash")["status"]["counters"]["missed"] == 0
+
+
+def test_api_server_restart_under_a_running_operator(
+    cluster: controlplane.Cluster,
+    local_control_plane: controlplane.LocalControlPlane | None,
+    namespace: str,
+    operator: Operator,
+    probe_handler: processes.HandlerProcess,
+) -> None:
+    if local_control_plane is None:
+        pytest.skip("restarting the API server needs the local control plane, not SCHEDULEZERO_KUBECONFIG")
+    apply(cluster, namespace, handler_doc(probe_handler.endpoint), schedule_doc("steady", schedule="@every 1s"))
+    eventually(lambda: succeeded(get(cluster, namespace, "sched", "steady")["status"]) >= 2)
+    local_control_plane.restart_apiserver()
+    apply(cluster, namespace, schedule_doc("newcomer", schedule="@every 1s"))
+    eventually(lambda: succeeded(get(cluster, namespace, "sched", "newcomer")["status"]) >= 2, timeout=90)
+    before = succeeded(get(cluster, namespace, "sched", "steady")["status"])
+    eventually(lambda: succeeded(get(cluster, namespace, "sched", "steady")["status"]) >= before + 2)
+    assert operator.popen is not None
+    assert operator.popen.poll() is None
+
+
+def test_a_handler_that_goes_down_and_comes_back(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, tmp_path: pathlib.Path
+) -> None:
+    port = controlplane.free_port()
+    handler = processes.start_handler(PROBE, tmp_path, port=port)
+    apply(
+        cluster,
+        namespace,
+        handler_doc(handler.endpoint),
+        schedule_doc("dependent", schedule="@every 1s", timeoutSeconds=1, retry={"maxAttempts": 1}),
+    )
+    eventually(lambda: get(cluster, namespace, "hdl", "probe")["status"]["state"] == "Active")
+    handler.kill()
+    failed = eventually(
+        lambda: [r for r in get(cluster, namespace, "sched", "dependent")["status"]["runs"] if r["outcome"] == "Failed"]
+    )
+    assert failed[0]["error"]["type"] in ("Unavailable", "DeadlineExceeded")
+    assert "tcp://127.0.0.1" in failed[0]["error"]["message"]
+    status = eventually(
+        lambda: (s := get(cluster, namespace, "hdl", "probe")["status"])["state"] == "Unreachable" and s
+    )
+    assert status["conditions"][0]["status"] == "False"
+    eventually(
+        lambda: any(
+            e["reason"] == "HandlerUnreachable"
+            for e in json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+        )
+    )
+    with processes.running_handler(PROBE, tmp_path, port=port):
+        eventually(lambda: get(cluster, namespace, "hdl", "probe")["status"]["state"] == "Active")
+        eventually(lambda: get(cluster, namespace, "sched", "dependent")["status"]["runs"][0]["outcome"] == "Succeeded")
