@@ -184,6 +184,7 @@ class Client:
         self.settings = settings or ClientSettings()
         self._context = context or zmq.asyncio.Context.instance()
         self._connections: dict[str, _Connection] = {}
+        self._curves: dict[str, security.CurveClient | None] = {}
 
     async def __aenter__(self) -> Client:
         return self
@@ -194,8 +195,18 @@ class Client:
     def _connection(self, endpoint: str) -> _Connection:
         connection = self._connections.get(endpoint)
         if connection is None:
-            connection = self._connections[endpoint] = _Connection(self._context, endpoint, self.settings)
+            settings = self.settings
+            if endpoint in self._curves:
+                settings = dataclasses.replace(settings, curve=self._curves[endpoint])
+            connection = self._connections[endpoint] = _Connection(self._context, endpoint, settings)
         return connection
+
+    async def set_curve(self, endpoint: str, curve: security.CurveClient | None) -> None:
+        """CURVE keys for one endpoint (each Handler has its own); reconnects if they changed."""
+        if endpoint in self._curves and self._curves[endpoint] == curve:
+            return
+        self._curves[endpoint] = curve
+        await self.disconnect(endpoint)
 
     async def call(
         self,

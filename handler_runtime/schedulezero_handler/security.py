@@ -39,6 +39,18 @@ def load_public(path: pathlib.Path) -> bytes:
     return public
 
 
+def parse_certificate(text: str, what: str) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from the contents of a ``.key``/``.key_secret`` file (a mounted Secret's value)."""
+    keys: dict[str, bytes] = {}
+    for line in text.splitlines():
+        name, equals, value = line.strip().partition("=")
+        if equals and name.strip() in ("public-key", "secret-key"):
+            keys[name.strip()] = value.strip().strip("\"'").encode()
+    if "public-key" not in keys:
+        raise ValueError(f"{what} holds no public-key")
+    return keys["public-key"], keys.get("secret-key")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CurveServer:
     """The handler's side of CURVE."""
@@ -69,6 +81,15 @@ class CurveClient:
     def from_files(cls, *, server_key: pathlib.Path, client_key: pathlib.Path) -> CurveClient:
         public, secret = load_pair(client_key)
         return cls(server_public_key=load_public(server_key), public_key=public, secret_key=secret)
+
+    @classmethod
+    def from_texts(cls, *, server_key: str, client_key_secret: str) -> CurveClient:
+        """From the contents of the handler's ``.key`` and the client's ``.key_secret``."""
+        server_public, _ = parse_certificate(server_key, "the server key")
+        public, secret = parse_certificate(client_key_secret, "the client key")
+        if secret is None:
+            raise ValueError("the client key holds no secret-key (expected a .key_secret file)")
+        return cls(server_public_key=server_public, public_key=public, secret_key=secret)
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         socket.curve_serverkey = self.server_public_key

@@ -19,8 +19,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
+from schedulezero_handler import security
 from schedulezero_operator import engine as engine_
 from schedulezero_operator import kubeapi, probe, status
 from schedulezero_operator.metrics import OperatorMetrics
@@ -161,6 +163,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         known = body.get("status") or {}
         methods = known.get("methods") if known.get("endpoint") == endpoint else None
         names = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
+        await runtime.client.set_curve(endpoint, await _curve(runtime, namespace, name, body.get("spec") or {}))
         runtime.engine.set_handler(namespace, name, engine_.HandlerInfo(endpoint, names))
         runtime.prober.watch(qualified, endpoint)
 
@@ -190,6 +193,20 @@ async def _start(config: ControllerSettings) -> Runtime:
     await runtime.engine.start()
     runtime.prober.start()
     return runtime
+
+
+async def _curve(runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]) -> security.CurveClient | None:
+    """The Handler's CURVE keys, or None without spec.curve; a bad Secret is an Event, and calls then fail."""
+    secret_name = (spec.get("curve") or {}).get("secretName")
+    if not secret_name:
+        return None
+    try:
+        return await runtime.api.curve_keys(namespace, str(secret_name))
+    except (ApiException, ValueError) as error:
+        message = f"CURVE keys from Secret {secret_name!r} unusable: {getattr(error, 'reason', None) or error}"
+        ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
+        runtime.events.record(ref, warning=True, reason="InvalidCurveSecret", message=message)
+        return None
 
 
 def resolve_endpoint(namespace: str, spec: dict[str, Any]) -> str:

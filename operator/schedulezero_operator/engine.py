@@ -121,6 +121,8 @@ class Engine:
             interval=self.settings.status_interval,
             on_write=self.metrics.status_writes.inc,
         )
+        # APScheduler logs every job added at INFO: with thousands of Schedules, noise.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self._scheduler = AsyncIOScheduler(
             timezone=UTC,
             executors={"default": _Executor(self)},

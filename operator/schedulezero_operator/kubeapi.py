@@ -9,6 +9,7 @@ patch, so fields the engine sets to null disappear and spec is never touched.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import dataclasses
@@ -22,6 +23,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from schedulezero_handler import security
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,17 @@ class Api:
             GROUP, VERSION, namespace, "schedules", name, patch, _content_type=MERGE_PATCH
         )
         return token
+
+    async def curve_keys(self, namespace: str, secret_name: str) -> security.CurveClient:
+        """The CURVE keys a Handler's Secret holds: the handler's server.key and our client.key_secret."""
+        secret = await self.core.read_namespaced_secret(secret_name, namespace)
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        missing = {"server.key", "client.key_secret"} - data.keys()
+        if missing:
+            raise ValueError(f"Secret {namespace}/{secret_name} lacks {', '.join(sorted(missing))}")
+        return security.CurveClient.from_texts(
+            server_key=data["server.key"], client_key_secret=data["client.key_secret"]
+        )
 
     async def create_event(self, event: k8s.CoreV1Event) -> None:
         await self.core.create_namespaced_event(event.metadata.namespace, event)

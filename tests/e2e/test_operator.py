@@ -347,3 +347,44 @@ def test_a_handler_that_goes_down_and_comes_back(
     with processes.running_handler(PROBE, tmp_path, port=port):
         eventually(lambda: get(cluster, namespace, "hdl", "probe")["status"]["state"] == "Active")
         eventually(lambda: get(cluster, namespace, "sched", "dependent")["status"]["runs"][0]["outcome"] == "Succeeded")
+
+
+def test_a_curve_handler_is_called_with_the_keys_of_its_secret(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, tmp_path: pathlib.Path
+) -> None:
+    keys = tmp_path / "keys"
+    for name in ("server", "operator", "stranger"):
+        subprocess.run(
+            [processes.SCHEDULEZERO, "keys", "generate", name, "--out", str(keys)], check=True, capture_output=True
+        )
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "operator.key").write_text((keys / "operator.key").read_text())
+    curve_args = ("--curve-secret-key", str(keys / "server.key_secret"), "--curve-authorized-keys", str(authorized))
+    with processes.running_handler(PROBE, tmp_path, *curve_args) as handler:
+        cluster.kubectl(
+            "create", "secret", "generic", "probe-curve", "-n", namespace,
+            f"--from-file=server.key={keys / 'server.key'}",
+            f"--from-file=client.key={keys / 'operator.key'}",
+            f"--from-file=client.key_secret={keys / 'operator.key_secret'}",
+        )  # fmt: skip
+        secured = handler_doc(handler.endpoint)
+        secured["spec"]["curve"] = {"secretName": "probe-curve"}
+        apply(cluster, namespace, secured, schedule_doc("secure", schedule="@every 1s"))
+        eventually(lambda: succeeded(get(cluster, namespace, "sched", "secure")["status"]) >= 2)
+        assert get(cluster, namespace, "hdl", "probe")["status"]["state"] == "Active"
+
+        # The same handler refuses a client whose key it does not know.
+        cluster.kubectl("delete", "secret", "probe-curve", "-n", namespace)
+        cluster.kubectl(
+            "create", "secret", "generic", "probe-curve", "-n", namespace,
+            f"--from-file=server.key={keys / 'server.key'}",
+            f"--from-file=client.key_secret={keys / 'stranger.key_secret'}",
+        )  # fmt: skip
+        cluster.kubectl("label", "hdl", "probe", "-n", namespace, "rotated=yes")  # a Handler change re-reads the Secret
+        failed = eventually(
+            lambda: [
+                r for r in get(cluster, namespace, "sched", "secure")["status"]["runs"] if r["outcome"] == "Failed"
+            ]
+        )
+        assert failed[0]["error"]["type"] == "Unauthorized"
