@@ -8,6 +8,7 @@ back to the operating system.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from schedulezero_handler import Handler, expose
@@ -18,13 +19,14 @@ class CacheHandler(Handler):
 
     async def on_start(self) -> None:
         self.cache: dict[str, dict[str, Any]] = {}
-        self._build()
+        await asyncio.to_thread(self._build)
 
     async def on_sleep(self) -> None:
         self.cache = {}
 
     async def on_wake(self) -> None:
-        self._build()
+        # Seconds of CPU work: in a thread, so health probes and sys.* verbs are answered meanwhile.
+        await asyncio.to_thread(self._build)
 
     def _build(self) -> None:
         entries = int(self.config.get("cache_entries", 500_000))

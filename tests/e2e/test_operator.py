@@ -388,3 +388,32 @@ def test_a_curve_handler_is_called_with_the_keys_of_its_secret(
             ]
         )
         assert failed[0]["error"]["type"] == "Unauthorized"
+
+
+def test_the_namespaced_rbac_variant_is_enough(
+    cluster: controlplane.Cluster, namespace: str, probe_handler: processes.HandlerProcess, tmp_path: pathlib.Path
+) -> None:
+    """The operator runs under manifests/rbac/namespace-role.yaml alone, with no cluster-wide rights."""
+    account = f"ns-operator-{namespace}"
+    cluster.kubectl("apply", "-f", str(RBAC / "serviceaccount.yaml"))
+    cluster.kubectl("create", "serviceaccount", account, "-n", "schedulezero-system")
+    documents = list(yaml.safe_load_all((RBAC / "namespace-role.yaml").read_text()))
+    for document in documents:
+        if document["kind"] == "RoleBinding":
+            document["subjects"][0]["name"] = account
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(documents))
+    token = cluster.kubectl("create", "token", account, "-n", "schedulezero-system").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "namespaced", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "namespaced"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+
+    operator = Operator(kubeconfig, tmp_path / "operator.log", "--namespace", namespace).start()
+    try:
+        apply(cluster, namespace, handler_doc(probe_handler.endpoint), schedule_doc("scoped", schedule="@every 1s"))
+        eventually(lambda: succeeded(get(cluster, namespace, "sched", "scoped")["status"]) >= 2)
+        eventually(lambda: get(cluster, namespace, "hdl", "probe")["status"]["state"] == "Active")
+    finally:
+        assert operator.stop() == 0, operator.output()[-3000:]
+    assert "Forbidden" not in operator.output()
