@@ -14,14 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import random
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import zmq
-import zmq.asyncio
 import zmq.utils.monitor
 
-from schedulezero_handler import errors, protocol, security
+from schedulezero_handler import errors, protocol, pump, security
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,19 @@ class ClientSettings:
     """Cap of the reconnect wait, which grows while the handler stays away."""
     max_message_size: int = 16 * protocol.MAX_MESSAGE_SIZE
     """Largest reply accepted; larger ones close the connection."""
+    connect_timeout: float = 5.0
+    """How long a call waits for a connection to a handler that is not connected, before Unavailable."""
 
 
 class _Connection:
-    """A DEALER connected to one endpoint, with its reader and monitor tasks."""
+    """A DEALER connected to one endpoint, read by a pump, watched by a socket monitor."""
 
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str, settings: ClientSettings) -> None:
+    def __init__(self, context: zmq.Context[Any], endpoint: str, settings: ClientSettings) -> None:
         self.endpoint = endpoint
+        self.connect_timeout = settings.connect_timeout
         self.pending: dict[bytes, asyncio.Future[protocol.Reply]] = {}
         self.refused: errors.Unauthorized | None = None
-        socket = context.socket(zmq.DEALER)
+        socket: zmq.Socket[bytes] = zmq.Socket(context, zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.IMMEDIATE, 1)
         heartbeat_ms = int(settings.heartbeat_interval * 1000)
@@ -84,47 +87,38 @@ class _Connection:
         socket.setsockopt(zmq.MAXMSGSIZE, settings.max_message_size)
         if settings.curve is not None:
             settings.curve.apply(socket)
-        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        self.monitor: zmq.asyncio.Socket = socket.get_monitor_socket(events)
+        monitor_address = f"inproc://schedulezero-monitor-{uuid.uuid4().hex}"
+        socket.monitor(
+            monitor_address,
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+        )
+        monitor: zmq.Socket[bytes] = zmq.Socket(context, zmq.PAIR)
+        monitor.connect(monitor_address)
         socket.connect(endpoint)
-        self.socket = socket
-        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
+        self.replies = pump.SocketPump(socket, self._reply)
+        self.events = pump.SocketPump(monitor, self._event)
 
-    async def _read(self) -> None:
-        while True:
-            await self.socket.poll(zmq.POLLIN)
-            self._drain()
+    def _reply(self, frames: list[bytes]) -> None:
+        try:
+            kind, call_id, _, body = protocol.split(frames, max_size=2**63)
+            reply = protocol.decode_reply(kind, call_id, body)
+        except (protocol.ProtocolError, errors.CallError) as error:
+            log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
+            return
+        future = self.pending.get(call_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
 
-    def _drain(self) -> None:
-        """Resolves every reply that has arrived, without waiting: one loop wake-up per batch."""
-        while True:
-            try:
-                frames = self._sync.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, call_id, _, body = protocol.split(frames, max_size=2**63)
-                reply = protocol.decode_reply(kind, call_id, body)
-            except (protocol.ProtocolError, errors.CallError) as error:
-                log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
-                continue
-            future = self.pending.get(call_id)
-            if future is not None and not future.done():
-                future.set_result(reply)
-
-    async def _watch(self) -> None:
-        while True:
-            event = zmq.utils.monitor.parse_monitor_message(await self.monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._drain()  # replies that arrived just before the connection closed still count
-                self.fail_pending(errors.Unavailable(f"connection to {self.endpoint} lost"))
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
-                self.fail_pending(self.refused)
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.refused = None
+    def _event(self, frames: list[bytes]) -> None:
+        event = zmq.utils.monitor.parse_monitor_message(frames)
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self.replies.drain()  # replies that arrived just before the connection closed still count
+            self.fail_pending(errors.Unavailable(f"connection to {self.endpoint} lost"))
+        elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
+            self.fail_pending(self.refused)
+        elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.refused = None
 
     def fail_pending(self, error: errors.CallError) -> None:
         for future in self.pending.values():
@@ -135,54 +129,58 @@ class _Connection:
         """One attempt: send, then wait up to ``wait`` seconds for the reply."""
         if self.refused is not None:
             raise self.refused
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         future = self.pending.get(call.call_id)
         owner = future is None
         if future is None:
-            future = asyncio.get_running_loop().create_future()
+            future = loop.create_future()
             self.pending[call.call_id] = future
-        frames = protocol.encode_call(call)
-        send: asyncio.Future[Any] | None = None
-        try:  # connected: the send completes at once, without asyncio's machinery
-            self._sync.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            # Not connected (IMMEDIATE): wait for a connection, while the
-            # monitor may fail the call meanwhile (a refused key).
-            send = asyncio.ensure_future(self.socket.send_multipart(frames))
         try:
-            async with asyncio.timeout(wait):
-                if send is not None and not send.done():
-                    await asyncio.wait((send, future), return_when=asyncio.FIRST_COMPLETED)
+            await self._send(protocol.encode_call(call), future, deadline)
+            async with asyncio.timeout_at(deadline):
                 # Another caller of the same call id shares the future: never cancel it for them.
                 reply = await (future if owner else asyncio.shield(future))
         except TimeoutError:
-            if send is not None and not send.done():
-                raise errors.Unavailable(f"no connection to {self.endpoint} within {wait:.1f} s") from None
             raise errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s") from None
         finally:
-            if send is not None and not send.done():
-                send.cancel()
             if owner:
                 self.pending.pop(call.call_id, None)
         if reply.error is not None:
             raise reply.error
         return reply.value
 
+    async def _send(self, frames: list[bytes], future: asyncio.Future[protocol.Reply], deadline: float) -> None:
+        """Sends at once when connected; otherwise (IMMEDIATE) retries until connected or the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = min(deadline, loop.time() + self.connect_timeout)
+        pause = 0.001
+        while True:
+            try:
+                self.replies.send(frames)
+                return
+            except zmq.Again:
+                if future.done():  # failed meanwhile, e.g. the key was refused
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise errors.Unavailable(f"no connection to {self.endpoint} (is the handler running?)") from None
+                await asyncio.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.05)
+
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.fail_pending(errors.Unavailable("client closed"))
-        self.socket.disable_monitor()
-        self.monitor.close(linger=0)
-        self.socket.close(linger=0)
+        self.replies.socket.disable_monitor()
+        self.events.close()
+        self.replies.close()
 
 
 class Client:
     """Calls methods on handlers. Use one per process; it is cheap to share across tasks."""
 
-    def __init__(self, settings: ClientSettings | None = None, *, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, settings: ClientSettings | None = None, *, context: zmq.Context[Any] | None = None) -> None:
         self.settings = settings or ClientSettings()
-        self._context = context or zmq.asyncio.Context.instance()
+        self._context: zmq.Context[Any] = context or zmq.Context.instance()
         self._connections: dict[str, _Connection] = {}
         self._curves: dict[str, security.CurveClient | None] = {}
 

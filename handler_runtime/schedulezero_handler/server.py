@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 import schedulezero_handler
-from schedulezero_handler import context, dedup, errors, health, metrics, params, protocol, security, sleep
+from schedulezero_handler import context, dedup, errors, health, metrics, params, protocol, pump, security, sleep
 from schedulezero_handler import handler as handler_
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,7 @@ class Server:
         self.ready = False
         self.draining = False
         self._context = context or zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket | None = None
-        self._sync: zmq.Socket[bytes] | None = None
-        """The same socket without asyncio's per-message machinery: drained and written directly."""
+        self._pump: pump.SocketPump | None = None
         self._running: dict[bytes, _Running] = {}
         self._replies = dedup.ReplyCache(ttl=self.settings.reply_ttl, max_entries=self.settings.reply_cache_size)
         self._state_lock = asyncio.Lock()
@@ -107,7 +105,7 @@ class Server:
 
     async def start(self) -> None:
         """Binds, runs ``on_start``, and starts serving; ready once it returns."""
-        socket = self._context.socket(zmq.ROUTER)
+        socket: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 1000)  # let the last replies out on stop
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size)
@@ -118,14 +116,12 @@ class Server:
             await self._authenticator.start()
             self.settings.curve.apply(socket)
         socket.bind(self.settings.bind)
-        self._socket = socket
-        self._sync = zmq.Socket.shadow(socket.underlying)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.settings.http_port is not None:
             self._http = health.HealthServer(self, host=self.settings.http_host, port=self.settings.http_port)
             self._http.start(asyncio.get_running_loop())
         await self.handler.on_start()
-        self._spawn(self._receive_loop())
+        self._pump = pump.SocketPump(socket, self._receive)
         if self.settings.idle_timeout > 0:
             self._spawn(self._idle_watch())
         self.ready = True
@@ -157,8 +153,8 @@ class Server:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._socket is not None:
-                self._socket.close()
+            if self._pump is not None:
+                self._pump.close(linger=1000)  # let the last replies out
             if self._authenticator is not None:
                 self._authenticator.stop()
             if self._http is not None:
@@ -174,22 +170,12 @@ class Server:
 
     # -- receiving ----------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        assert self._socket is not None
-        assert self._sync is not None
-        while True:
-            await self._socket.poll(zmq.POLLIN)
-            # Drain everything that arrived in one go: one wake-up of the loop per batch, not per message.
-            while True:
-                try:
-                    frames = self._sync.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    self._dispatch(frames[0], frames[1:])
-                except Exception:  # a bug here must not stop the handler
-                    self.stats.dropped_messages += 1
-                    log.exception("dropping a message that could not be dispatched")
+    def _receive(self, frames: list[bytes]) -> None:
+        try:
+            self._dispatch(frames[0], frames[1:])
+        except Exception:  # a bug here must not stop the handler
+            self.stats.dropped_messages += 1
+            log.exception("dropping a message that could not be dispatched")
 
     def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
         try:
@@ -304,9 +290,9 @@ class Server:
 
     def _reply_now(self, identity: bytes, frames: list[bytes]) -> None:
         """Queues a reply without waiting; a caller that has gone away is counted, not an error."""
-        assert self._sync is not None
+        assert self._pump is not None
         try:
-            self._sync.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+            self._pump.send([identity, *frames])
         except zmq.ZMQError as error:
             self.stats.dropped_messages += 1
             log.debug("reply not delivered: %s", error)
