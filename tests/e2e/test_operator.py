@@ -20,6 +20,7 @@ import yaml
 
 from schedulezero_handler import client as client_
 from tests.support import controlplane, processes
+from tests.support.operator import Operator
 
 pytestmark = pytest.mark.e2e
 
@@ -42,52 +43,6 @@ def operator_kubeconfig(
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-class Operator:
-    """``schedulezero operator`` as a process."""
-
-    def __init__(self, kubeconfig: pathlib.Path, log: pathlib.Path, *scope: str) -> None:
-        self.kubeconfig, self.log, self.scope = kubeconfig, log, scope
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Operator:
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                [
-                    processes.SCHEDULEZERO,
-                    "operator",
-                    *self.scope,
-                    "--metrics-port",
-                    "0",
-                    "--liveness-port",
-                    "0",
-                    "--status-interval",
-                    "0.5",
-                    "--probe-interval",
-                    "1",
-                    "--event-interval",
-                    "5",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
-            )
-        return self
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        assert self.popen is not None
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture

@@ -1,0 +1,67 @@
+"""``schedulezero conductor``: serve the conductor handler and its /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import pathlib
+import resource
+import sys
+
+from schedulezero_conductor import conductor, discovery
+from schedulezero_handler import runner
+from schedulezero_handler import server as server_
+from schedulezero_handler.cli import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "conductor",
+        help="scrape every handler for Prometheus",
+        description="Serve the conductor: it scrapes sys.metrics from every handler and serves /metrics.",
+    )
+    parser.add_argument("--bind", default="tcp://0.0.0.0:5556", help="ZeroMQ endpoint (default %(default)s)")
+    parser.add_argument("--config", type=pathlib.Path, help="YAML: handlers (local), scrape_interval, scrape_timeout")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", metavar="NS", help="scrape Handlers in NS (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="scrape Handlers in every namespace")
+    parser.add_argument("--metrics-port", type=int, help="/metrics port (default 9465; 0: none)")
+    parser.add_argument("--interval", type=float, help="seconds between scrape rounds (default 15)")
+    parser.add_argument("--timeout", type=float, help="seconds per handler scrape (default 5)")
+    parser.add_argument("--http-port", type=int, help="serve /healthz and /readyz on this port")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = runner.load_config(args.config)
+    except runner.HandlerLoadError as error:
+        print(f"schedulezero: {error}", file=sys.stderr)
+        return 2
+    if args.config is not None:
+        config["config_path"] = str(args.config)
+    for key, value in (
+        ("metrics_port", args.metrics_port),
+        ("scrape_interval", args.interval),
+        ("scrape_timeout", args.timeout),
+    ):
+        if value is not None:
+            config[key] = value
+    source: discovery.Discovery | None = None
+    if args.namespace or args.all_namespaces:
+        source = discovery.KubernetesDiscovery(namespaces=tuple(args.namespace or ()))
+    _raise_open_file_limit()
+    handler = conductor.Conductor(config=config, source=source)
+    settings = server_.ServerSettings(bind=args.bind, idle_timeout=0, http_port=args.http_port)
+    asyncio.run(runner.serve(handler, settings))
+    return 0
+
+
+def _raise_open_file_limit() -> None:
+    """One connection per handler: a thousand handlers need more descriptors than the usual soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,121 @@
+"""The conductor: a handler that watches every other handler.
+
+It is scheduled like any handler (``collect_metrics`` every five minutes, say)
+and also serves Prometheus from its scrape cache. Configuration (``--config``)::
+
+    scrape_interval: 15      # seconds between scrape rounds
+    scrape_timeout: 5        # per handler
+    metrics_port: 9465       # /metrics; 0 serves none
+    handlers:                # local mode; in a cluster, Handler resources are used
+      - {name: reports, endpoint: "tcp://127.0.0.1:5555"}
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from typing import Any
+
+import prometheus_client
+import psutil
+from prometheus_client import CollectorRegistry
+
+from schedulezero_conductor import collector, discovery, scraper
+from schedulezero_handler import Handler, client, expose
+
+MiB = 1024 * 1024
+
+
+class Conductor(Handler):
+    version = "1.0.0"
+
+    def __init__(self, *, config: dict[str, Any] | None = None, source: discovery.Discovery | None = None) -> None:
+        super().__init__(config=config)
+        self._source = source
+
+    async def on_start(self) -> None:
+        config = self.config
+        self.client = client.Client()
+        source = self._source or discovery.ConfigDiscovery(
+            pathlib.Path(config["config_path"]) if config.get("config_path") else None, config.get("handlers")
+        )
+        self.scraper = scraper.Scraper(
+            self.client,
+            source,
+            interval=float(config.get("scrape_interval", 15)),
+            timeout=float(config.get("scrape_timeout", 5)),
+        )
+        self.registry = CollectorRegistry()
+        self.registry.register(collector.HandlerCollector(self.scraper))
+        port = int(config.get("metrics_port", 9465))
+        if port:
+            self.metrics_server, self.metrics_thread = prometheus_client.start_http_server(
+                port, addr=str(config.get("metrics_address", "0.0.0.0")), registry=self.registry
+            )
+        self.scraper.start()
+
+    async def on_stop(self) -> None:
+        await self.scraper.stop()
+        await self.client.close()
+        if hasattr(self, "metrics_server"):
+            self.metrics_server.shutdown()
+
+    @expose
+    async def collect_metrics(self) -> dict[str, Any]:
+        """Every handler's CPU, memory and state from the latest scrape, with a summary."""
+        handlers: dict[str, dict[str, Any]] = {}
+        for name, snapshot in sorted(self.scraper.cache.items()):
+            metrics = snapshot.metrics
+            handlers[name] = {
+                "status": ("sleeping" if metrics.get("state") == "sleeping" else "active")
+                if snapshot.up
+                else "unreachable",
+                "cpu_percent": snapshot.cpu_percent if snapshot.up else None,
+                "memory_mb": round(metrics.get("resident_memory_bytes", 0) / MiB, 1) if snapshot.up else None,
+                "endpoint": snapshot.endpoint,
+            }
+        alive = [h for h in handlers.values() if h["status"] != "unreachable"]
+        return {
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+            "handlers": handlers,
+            "summary": {
+                "total": len(handlers),
+                "alive": len(alive),
+                "sleeping": sum(1 for h in alive if h["status"] == "sleeping"),
+                "unreachable": len(handlers) - len(alive),
+                "total_memory_mb": round(sum(h["memory_mb"] or 0.0 for h in alive), 1),
+            },
+        }
+
+    @expose
+    async def health_check(self) -> dict[str, Any]:
+        """Which handlers answer, and whether the conductor's own scraping keeps up."""
+        unreachable = sorted(name for name, s in self.scraper.cache.items() if not s.up)
+        return {
+            "status": "ok" if not unreachable else "degraded",
+            "handlers": len(self.scraper.cache),
+            "unreachable": unreachable,
+            "last_scrape_seconds": self.scraper.last_round_seconds,
+        }
+
+    @expose
+    def get_system_metrics(self, path: str = "/") -> dict[str, Any]:
+        """The host's CPU, memory and disk (of ``path``), as the conductor's machine sees them."""
+        memory = psutil.virtual_memory()
+        disk = psutil.disk_usage(path)
+        return {
+            "cpu_percent": psutil.cpu_percent(interval=0.1),
+            "cpu_count": psutil.cpu_count(),
+            "load_average": list(psutil.getloadavg()),
+            "memory": {
+                "total_mb": round(memory.total / MiB),
+                "available_mb": round(memory.available / MiB),
+                "percent": memory.percent,
+            },
+            "disk": {
+                "path": path,
+                "total_gb": round(disk.total / 1024**3, 1),
+                "free_gb": round(disk.free / 1024**3, 1),
+                "percent": disk.percent,
+            },
+        }

@@ -1,0 +1,166 @@
+"""A real Prometheus scraping the conductor (discovering Handlers in the cluster) and the operator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from schedulezero_handler import client as client_
+from tests.support import conductor, controlplane, processes
+from tests.support.operator import Operator
+from tests.support.prometheus import Prometheus
+
+pytestmark = pytest.mark.e2e
+
+PROBE = "tests.support.handlers:ProbeHandler"
+DASHBOARD = controlplane.REPO / "monitoring" / "grafana" / "schedulezero-dashboard.json"
+
+
+def eventually(predicate: Callable[[], Any], timeout: float = 40.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"not within {timeout} s (last {last!r})")
+
+
+def handler_doc(name: str, endpoint: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "schedulezero.io/v1alpha1",
+            "kind": "Handler",
+            "metadata": {"name": name},
+            "spec": {"endpoint": endpoint},
+        }
+    )
+
+
+class Stack:
+    """Handlers, the conductor and the operator in one namespace, scraped by Prometheus."""
+
+    def __init__(self, cluster: controlplane.Cluster, namespace: str, workdir: pathlib.Path) -> None:
+        self.cluster, self.namespace, self.workdir = cluster, namespace, workdir
+        self.handlers = {name: processes.start_handler(PROBE, workdir) for name in ("alpha", "beta")}
+        for name, handler in self.handlers.items():
+            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=handler_doc(name, handler.endpoint))
+        env = {"KUBECONFIG": str(cluster.kubeconfig)}
+        self.conductor = conductor.start_conductor(workdir, "--namespace", namespace, env=env)
+        operator_port = controlplane.free_port()
+        self.operator = Operator(
+            cluster.kubeconfig, workdir / "operator.log", "--namespace", namespace, metrics_port=operator_port
+        ).start()
+        schedule = {
+            "apiVersion": "schedulezero.io/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": "tick"},
+            "spec": {"handler": "alpha", "method": "tick", "schedule": "@every 1s"},
+        }
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(schedule))
+        self.operator_metrics = f"127.0.0.1:{operator_port}"
+        conductor_metrics = self.conductor.metrics_url.removeprefix("http://").removesuffix("/metrics")
+        self.prometheus = Prometheus(
+            workdir, {"schedulezero-conductor": conductor_metrics, "schedulezero-operator": self.operator_metrics}
+        )
+
+    def close(self) -> None:
+        print(self.operator.output()[-4000:])  # captured: shown when a test failed
+        self.prometheus.stop()
+        self.operator.stop(signal.SIGKILL)
+        self.conductor.stop()
+        for handler in self.handlers.values():
+            handler.kill()
+
+
+@pytest.fixture
+def stack(cluster: controlplane.Cluster, namespace: str, tmp_path: pathlib.Path) -> Iterator[Stack]:
+    built = Stack(cluster, namespace, tmp_path)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+def test_prometheus_sees_the_real_state_of_the_handlers(stack: Stack) -> None:
+    prometheus, ns = stack.prometheus, stack.namespace
+    alpha, beta = f'handler="{ns}/alpha"', f'handler="{ns}/beta"'
+    eventually(lambda: prometheus.value(f"schedulezero_handler_up{{{alpha}}}") == 1.0)
+    memory = eventually(lambda: prometheus.value(f"schedulezero_handler_resident_memory_bytes{{{alpha}}}"))
+    assert 5e6 < memory < 2e9  # bytes, not MiB or KiB
+
+    asyncio.run(_call(stack.handlers["beta"].endpoint, "sys.sleep"))
+    eventually(lambda: prometheus.value(f"schedulezero_handler_sleeping{{{beta}}}") == 1.0)
+    stack.handlers["alpha"].kill()
+    eventually(lambda: prometheus.value(f"schedulezero_handler_up{{{alpha}}}") == 0.0)
+
+    # A Handler created after the conductor started is scraped.
+    gamma = processes.start_handler(PROBE, stack.workdir)
+    try:
+        stack.cluster.kubectl("apply", "-n", ns, "-f", "-", input=handler_doc("gamma", gamma.endpoint))
+        eventually(lambda: prometheus.value(f'schedulezero_handler_up{{handler="{ns}/gamma"}}') == 1.0)
+    finally:
+        gamma.kill()
+
+    eventually(lambda: prometheus.value(f'schedulezero_schedule_runs_total{{namespace="{ns}",schedule="tick"}}'))
+    assert prometheus.value('up{job="schedulezero-operator"}') == 1.0
+
+
+def test_every_dashboard_expression_parses_and_names_exported_metrics(stack: Stack) -> None:
+    ns = stack.namespace
+    eventually(lambda: stack.prometheus.value(f'schedulezero_schedule_runs_total{{namespace="{ns}"}}'))
+    exported = _metric_names(stack.conductor.metrics_url) | _metric_names(f"http://{stack.operator_metrics}/metrics")
+    exported |= {"up"}
+    expressions = _dashboard_expressions(json.loads(DASHBOARD.read_text()))
+    assert len(expressions) >= 10
+    for expression in expressions:
+        concrete = _substitute(expression)
+        stack.prometheus.query(concrete)  # raises with Prometheus' parse error
+        for name in re.findall(r"\b(schedulezero_[a-z_]+|up)\b", concrete):
+            assert name in exported, f"{expression!r} names {name}, which nothing exports"
+
+
+async def _call(endpoint: str, method: str) -> Any:
+    async with client_.Client() as client:
+        return await client.call(endpoint, method, timeout=10)
+
+
+def _metric_names(url: str) -> set[str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _dashboard_expressions(node: Any) -> list[str]:
+    """Every panel target's PromQL (template variable queries are Grafana's label_values, not PromQL)."""
+    if isinstance(node, dict):
+        found = [node["expr"]] if isinstance(node.get("expr"), str) and node["expr"].strip() else []
+        return found + [e for key, value in node.items() if key != "templating" for e in _dashboard_expressions(value)]
+    if isinstance(node, list):
+        return [e for item in node for e in _dashboard_expressions(item)]
+    return []
+
+
+def _substitute(expression: str) -> str:
+    """Grafana's variables replaced by values Prometheus accepts."""
+    replacements = {
+        "$__rate_interval": "1m",
+        "${__rate_interval}": "1m",
+        "$__interval": "15s",
+        "${__interval}": "15s",
+        "$__range": "1h",
+        "${__range}": "1h",
+    }
+    for variable, value in replacements.items():
+        expression = expression.replace(variable, value)
+    return re.sub(r"\$\{?(namespace|handler|schedule)(:[a-z]+)?\}?", ".*", expression)
