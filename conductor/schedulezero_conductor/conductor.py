@@ -35,7 +35,8 @@ class Conductor(Handler):
 
     async def on_start(self) -> None:
         config = self.config
-        self.client = client.Client()
+        # Three sockets per handler: make room for thousands of handlers.
+        self.client = client.Client(context=client.context_for(int(config.get("max_handlers", 10_000))))
         source = self._source or discovery.ConfigDiscovery(
             pathlib.Path(config["config_path"]) if config.get("config_path") else None, config.get("handlers")
         )

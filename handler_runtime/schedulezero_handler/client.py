@@ -175,6 +175,14 @@ class _Connection:
         self.replies.close()
 
 
+def context_for(handlers: int) -> zmq.Context[Any]:
+    """A context for talking to many handlers: three ZeroMQ sockets each (the DEALER and both ends
+    of its monitor), beyond libzmq's default limit of 1,023 sockets per context."""
+    context: zmq.Context[Any] = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, max(1024, 3 * handlers + 64))
+    return context
+
+
 class Client:
     """Calls methods on handlers. Use one per process; it is cheap to share across tasks."""
 
