@@ -17,10 +17,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import benchlib
-import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from schedulezero_conductor import collector, discovery, scraper
+from schedulezero_conductor import collector, discovery, exposition, scraper
 from schedulezero_handler import client as client_
 
 ROUNDS = 5
@@ -68,10 +67,11 @@ async def sequential_rounds(client: client_.Client, targets: dict[str, str], rou
 
 
 def metrics_latency(scrape: scraper.Scraper, samples: int = 50) -> list[float]:
+    """GET /metrics as the conductor serves it: rendered after the last round, from the cache."""
     registry = CollectorRegistry()
     registry.register(collector.HandlerCollector(scrape))
-    port = benchlib.free_port()
-    server, _ = prometheus_client.start_http_server(port, addr="127.0.0.1", registry=registry)
+    served = exposition.CachedExposition(registry)
+    port = served.serve(host="127.0.0.1", port=0)
     try:
         latencies = []
         for _ in range(samples):
@@ -81,7 +81,7 @@ def metrics_latency(scrape: scraper.Scraper, samples: int = 50) -> list[float]:
             latencies.append(time.perf_counter() - started)
         return latencies
     finally:
-        server.shutdown()
+        served.stop()
 
 
 async def measure(count: int) -> list[str]:

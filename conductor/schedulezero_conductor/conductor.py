@@ -16,11 +16,10 @@ import datetime
 import pathlib
 from typing import Any
 
-import prometheus_client
 import psutil
 from prometheus_client import CollectorRegistry
 
-from schedulezero_conductor import collector, discovery, scraper
+from schedulezero_conductor import collector, discovery, exposition, scraper
 from schedulezero_handler import Handler, client, expose
 
 MiB = 1024 * 1024
@@ -48,18 +47,17 @@ class Conductor(Handler):
         )
         self.registry = CollectorRegistry()
         self.registry.register(collector.HandlerCollector(self.scraper))
+        self.exposition = exposition.CachedExposition(self.registry)
+        self.scraper.on_round = self.exposition.refresh
         port = int(config.get("metrics_port", 9465))
         if port:
-            self.metrics_server, self.metrics_thread = prometheus_client.start_http_server(
-                port, addr=str(config.get("metrics_address", "0.0.0.0")), registry=self.registry
-            )
+            self.exposition.serve(host=str(config.get("metrics_address", "0.0.0.0")), port=port)
         self.scraper.start()
 
     async def on_stop(self) -> None:
         await self.scraper.stop()
         await self.client.close()
-        if hasattr(self, "metrics_server"):
-            self.metrics_server.shutdown()
+        self.exposition.stop()
 
     @expose
     async def collect_metrics(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schedulezero_conductor import discovery as discovery_
@@ -43,11 +44,14 @@ class Scraper:
         *,
         interval: float = 15.0,
         timeout: float = 5.0,
+        on_round: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.discovery = discovery
         self.interval = interval
         self.timeout = timeout
+        self.on_round = on_round
+        """Awaited after every round (the conductor renders /metrics then)."""
         self.cache: dict[str, Snapshot] = {}
         self.last_round_seconds: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -69,6 +73,8 @@ class Scraper:
             started = time.monotonic()
             try:
                 await self.scrape()
+                if self.on_round is not None:
+                    await self.on_round()
             except Exception:
                 log.exception("scrape round failed")
             self._first_round.set()
