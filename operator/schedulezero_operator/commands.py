@@ -87,42 +87,69 @@ def _run_local(args: argparse.Namespace) -> int:
     return _serve(mode, mode.engine.metrics, args.metrics_port)
 
 
+DEMO_HANDLER = "tcp://127.0.0.1:5555"
+DEMO_CONDUCTOR = "tcp://127.0.0.1:5556"
+DEMO_CONDUCTOR_METRICS = 9465
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     for path in (args.dir, args.handlers):
         if not path.is_dir():
             print(f"schedulezero: {path} not found; run the demo from the repository root", file=sys.stderr)
             return 2
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 5555)) == 0:
-            print("schedulezero: port 5555, used by the demo handler, is taken", file=sys.stderr)
-            return 2
-    handler = subprocess.Popen(
-        [
-            sys.argv[0],
-            "handler",
-            "example_handler:ExampleHandler",
-            "--bind",
-            "tcp://127.0.0.1:5555",
-            "--app-dir",
-            str(args.handlers),
-            "--idle-timeout",
-            "20",
-            "--log-level",
-            "WARNING",
-        ],
-    )
-    try:
-        with tempfile.TemporaryDirectory(prefix="schedulezero-demo-") as state_dir:
+    for port in (5555, 5556, DEMO_CONDUCTOR_METRICS):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                print(f"schedulezero: port {port}, used by the demo, is taken", file=sys.stderr)
+                return 2
+    with tempfile.TemporaryDirectory(prefix="schedulezero-demo-") as state_dir:
+        conductor_config = pathlib.Path(state_dir) / "conductor.yaml"
+        conductor_config.write_text(
+            f"scrape_interval: 5\nhandlers:\n  - {{name: default/example, endpoint: '{DEMO_HANDLER}'}}\n"
+        )
+        quiet = ["--log-level", "WARNING"]
+        children = [
+            subprocess.Popen(
+                [
+                    sys.argv[0],
+                    "handler",
+                    "example_handler:ExampleHandler",
+                    "--bind",
+                    DEMO_HANDLER,
+                    "--app-dir",
+                    str(args.handlers),
+                    "--idle-timeout",
+                    "20",
+                    *quiet,
+                ]
+            ),
+            subprocess.Popen(
+                [
+                    sys.argv[0],
+                    "conductor",
+                    "--bind",
+                    DEMO_CONDUCTOR,
+                    "--config",
+                    str(conductor_config),
+                    "--metrics-port",
+                    str(DEMO_CONDUCTOR_METRICS),
+                    *quiet,
+                ]
+            ),
+        ]
+        try:
             mode = _local_mode(args.dir, pathlib.Path(state_dir) / "state.json", args)
-            mode.terminal.say(
-                f"demo: example handler on tcp://127.0.0.1:5555 (pid {handler.pid}), Schedules from {args.dir}"
-            )
-            mode.terminal.say("try: schedulezero call tcp://127.0.0.1:5555 sys.metrics")
+            say = mode.terminal.say
+            say(f"demo: example handler on {DEMO_HANDLER}, conductor on {DEMO_CONDUCTOR}, Schedules from {args.dir}")
+            say(f"handler metrics (from the conductor) at http://127.0.0.1:{DEMO_CONDUCTOR_METRICS}/metrics")
+            say(f"try: schedulezero call {DEMO_CONDUCTOR} collect_metrics")
             return _serve(mode, mode.engine.metrics, args.metrics_port)
-    finally:
-        handler.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            handler.wait(10)
+        finally:
+            for child in children:
+                child.terminate()
+            for child in children:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(10)
 
 
 def register_kubernetes(subparsers: Subparsers) -> None:
