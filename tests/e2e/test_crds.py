@@ -69,7 +69,9 @@ def test_defaults_are_filled_in(cluster: controlplane.Cluster, namespace: str) -
 def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "schedule-cron-timezone.yaml"))
     next_run = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    last_run = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    last_run = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=20)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )  # kubectl shows "20m" from 10 to 180 minutes, whatever the seconds
     status = {
         "status": {
             "nextRunTime": next_run,
@@ -120,7 +122,7 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
         "MON-FRI",
         "report-handler",
     ]
-    assert row.split()[7:13] == ["build_report", "false", "True", "5m", "Succeeded", next_run]
+    assert row.split()[7:13] == ["build_report", "false", "True", "20m", "Succeeded", next_run]
 
 
 def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:
