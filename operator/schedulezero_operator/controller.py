@@ -109,6 +109,9 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         # cluster-wide permissions that would take.
         settings.scanning.disabled = True
         settings.posting.level = logging.WARNING
+        # A line per watch event ("Handler 'schedules' succeeded") is noise at hundreds of events a second.
+        if not logging.getLogger("kopf").isEnabledFor(logging.DEBUG):
+            logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         memo.runtime = await _start(config)
 
     @kopf.on.cleanup(registry=registry)
@@ -121,7 +124,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         await runtime.client.close()
         await runtime.api.close()
 
-    @kopf.on.event(GROUP, VERSION, "schedules", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "schedules", id="schedules", registry=registry)
     async def schedule_event(
         event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
     ) -> None:
@@ -146,7 +149,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         if token:
             runtime.engine.run_now(key, str(token))
 
-    @kopf.on.event(GROUP, VERSION, "handlers", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "handlers", id="handlers", registry=registry)
     async def handler_event(
         event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
     ) -> None:

@@ -78,17 +78,21 @@ class ScheduleState:
 
 
 class _Executor(BaseExecutor):  # type: ignore[misc]
-    """Hands APScheduler's due times to the engine instead of running a job function."""
+    """Hands APScheduler's due times to the engine instead of running a job function.
+
+    It bypasses APScheduler's instance counting: overlapping runs are the
+    engine's concurrencyPolicy to decide, not APScheduler's max_instances.
+    """
 
     def __init__(self, engine: Engine) -> None:
         super().__init__()
         self._engine = engine
 
+    def submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
+        self._engine._fire(job.id, run_times)
+
     def _do_submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
-        try:
-            self._engine._fire(job.id, run_times)
-        finally:
-            self._run_job_success(job.id, [])
+        self.submit_job(job, run_times)
 
 
 def _timer_job() -> None:
@@ -126,7 +130,7 @@ class Engine:
         self._scheduler = AsyncIOScheduler(
             timezone=UTC,
             executors={"default": _Executor(self)},
-            job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 2**31},
+            job_defaults={"misfire_grace_time": None, "coalesce": False},
         )
 
     # -- lifecycle ----------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -67,8 +68,10 @@ class StatusWriter:
         self._interval = interval
         self._on_write = on_write
         self._last_write: dict[ScheduleKey, float] = {}
-        self._due: list[tuple[float, ScheduleKey]] = []
-        self._pending: set[ScheduleKey] = set()
+        self._due: list[tuple[float, int, ScheduleKey]] = []
+        self._pending: dict[ScheduleKey, int] = {}
+        """Schedules waiting for a write, with the sequence number of their entry in ``_due``."""
+        self._sequence = itertools.count()
         self._wakeup = asyncio.Event()
         self._limit = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
@@ -90,14 +93,15 @@ class StatusWriter:
         """The Schedule's status changed."""
         if key in self._pending:
             return
-        self._pending.add(key)
+        sequence = next(self._sequence)
+        self._pending[key] = sequence
         due = max(time.monotonic(), self._last_write.get(key, 0.0) + self._interval)
-        heapq.heappush(self._due, (due, key))
+        heapq.heappush(self._due, (due, sequence, key))
         self._wakeup.set()
 
     def forget(self, key: ScheduleKey) -> None:
         """The Schedule is gone: nothing more to write."""
-        self._pending.discard(key)
+        self._pending.pop(key, None)  # its entry in _due no longer matches: skipped when due
         self._last_write.pop(key, None)
 
     async def _run(self) -> None:
@@ -105,17 +109,19 @@ class StatusWriter:
             self._wakeup.clear()
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
-                _, key = heapq.heappop(self._due)
-                if key in self._pending:
+                _, sequence, key = heapq.heappop(self._due)
+                if self._pending.get(key) == sequence:  # not forgotten (and re-marked) since
                     task = asyncio.get_running_loop().create_task(self._write(key))
                     self._writes.add(task)
                     task.add_done_callback(self._writes.discard)
             timeout = self._due[0][0] - now if self._due else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation of stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     async def _write(self, key: ScheduleKey) -> None:
-        self._pending.discard(key)
+        self._pending.pop(key, None)
         status = self._render(key)
         if status is None:
             return

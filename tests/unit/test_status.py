@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 
-from schedulezero_operator import status
+from schedulezero_operator import sinks, status
 
 T0 = datetime.datetime(2026, 11, 28, 6, 0, tzinfo=datetime.UTC)
 
@@ -75,3 +76,35 @@ def test_restore_survives_garbage() -> None:
     assert restored.runs == []
     assert restored.counters == {"succeeded": 0, "failed": 0, "missed": 0, "skipped": 0}
     assert restored.last_schedule_time is None
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    async def write_status(self, key: sinks.ScheduleKey, status: dict[str, object]) -> None:
+        self.writes.append(key.name)
+
+
+async def test_status_writer_coalesces_and_forgets() -> None:
+    sink = CountingSink()
+    writer = sinks.StatusWriter(sink, lambda key: {"k": key.name}, interval=0.2)
+    writer.start()
+    a, b = sinks.ScheduleKey("ns", "a"), sinks.ScheduleKey("ns", "b")
+    for _ in range(100):
+        writer.mark(a)
+    await asyncio.sleep(0.05)
+    assert sink.writes == ["a"]  # a burst of changes: one write
+    writer.mark(a)
+    writer.forget(a)  # removed while a write was pending...
+    writer.mark(a)  # ...and re-created: one pending write, not two
+    await asyncio.sleep(0.5)
+    assert sink.writes == ["a", "a"]
+    writer.mark(a)
+    await asyncio.sleep(0.1)
+    writer.mark(a)
+    writer.mark(b)
+    async with asyncio.timeout(5):  # stop returns, flushing what is pending
+        await writer.stop()
+    # a at once (its last write was long ago), b at once, and the a still pending flushed by stop
+    assert sorted(sink.writes[2:]) == ["a", "a", "b"]
