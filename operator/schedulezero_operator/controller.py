@@ -186,7 +186,7 @@ async def _start(config: ControllerSettings) -> Runtime:
         status_sink=kubeapi.ScheduleStatusSink(api),
         events=_EngineEvents(uids, events),
         metrics=metrics,
-        settings=engine_.EngineSettings(status_interval=config.status_interval),
+        settings=engine_.EngineSettings(status_interval=config.status_interval, startup_grace=10.0),
     )
     prober = probe.Prober(
         client, interval=config.probe_interval, on_result=lambda name, result: _probed(runtime, name, result)

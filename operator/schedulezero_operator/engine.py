@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import time
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -46,6 +47,9 @@ class EngineSettings:
     """Missed times looked at after downtime or suspension, the most recent ones."""
     stop_grace: float = 10.0
     """On stop, how long runs in flight may finish before they are abandoned (not recorded)."""
+    startup_grace: float = 0.0
+    """After start, how long a run waits for its Handler to be seen. The operator sets it: watches
+    deliver Schedules and Handlers in no fixed order, so a catch-up run may come before its Handler."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Engine:
         self._handlers: dict[tuple[str, str], HandlerInfo] = {}
         self._by_handler: defaultdict[tuple[str, str], set[ScheduleKey]] = defaultdict(set)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = time.monotonic()
         self._writer = sinks.StatusWriter(
             status_sink,
             self.render_status,
@@ -136,6 +141,7 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self._started = time.monotonic()
         self._writer.start()
         self._scheduler.start()
 
@@ -286,15 +292,27 @@ class Engine:
         if last is None:
             return
         now = utcnow()
+        recorded = {run.run_id for run in state.history.runs}
+        # Runs in flight when the operator stopped were started, not missed: they run again whatever
+        # the policy, under the same run ids, so a handler that finished them answers from its cache.
+        unfinished = [t for t in state.history.unfinished if str(runs.run_id(state.uid, t)) not in recorded]
+        state.history.unfinished = []
         times, total = _missed_times(state.trigger, last, now, self.settings.catch_up_limit)
-        if not times:
+        times = [t for t in times if str(runs.run_id(state.uid, t)) not in recorded]
+        if not times and not unfinished:
             return
         policy = str(state.spec.get("catchUpPolicy") or "Latest")
         deadline = state.spec.get("startingDeadlineSeconds")
         eligible = [t for t in times if deadline is None or (now - t).total_seconds() <= deadline]
         to_run = [] if policy == "Skip" else eligible[-1:] if policy == "Latest" else eligible
-        state.history.last_schedule_time = times[-1]
         missed = [t for t in times if t not in to_run]
+        to_run = sorted({*to_run, *unfinished})
+        log.info(
+            "%s: catching up from %s: %d runs missed, %d in flight at the stop; running %d (catchUpPolicy %s)",
+            state.key, status.rfc3339(last), total, len(unfinished), len(to_run), policy,
+        )  # fmt: skip
+        if times:
+            state.history.last_schedule_time = times[-1]
         for nominal in missed:
             self._record_unrun(
                 state, nominal, status.Outcome.MISSED, "not started in time (operator down or suspended)"
@@ -388,10 +406,16 @@ class Engine:
     def _plan(self, state: ScheduleState) -> runs.CallPlan:
         spec = state.spec
         handler = str(spec.get("handler"))
-        info = self._handlers.get((state.key.namespace, handler))
+        handler_key = (state.key.namespace, handler)
         retry = spec.get("retry") or {}
+
+        def endpoint() -> str | None:
+            info = self._handlers.get(handler_key)
+            return info.endpoint if info is not None else None
+
         return runs.CallPlan(
-            endpoint=info.endpoint if info is not None else None,
+            endpoint=endpoint,
+            handler_wait=max(0.0, self._started + self.settings.startup_grace - time.monotonic()),
             handler=f"{state.key.namespace}/{handler}",
             method=str(spec.get("method")),
             params=dict(spec.get("params") or {}),

@@ -52,7 +52,7 @@ class StateFile:
         entry = self.schedules.setdefault(str(key), {})
         if "uid" not in entry:
             entry["uid"] = str(uuid.uuid4())
-            entry["created"] = datetime.datetime.now(datetime.UTC).isoformat()
+            entry["created"] = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()  # as Kubernetes
             self.mark()
         return entry["uid"], datetime.datetime.fromisoformat(entry["created"])
 

@@ -45,8 +45,10 @@ def jitter(run: uuid.UUID, *, max_seconds: float, room: float | None) -> float:
 class CallPlan:
     """What to call for a run, resolved from the Schedule and its Handler when the run starts."""
 
-    endpoint: str | None
-    """None when the Handler does not exist (the run fails without a call)."""
+    endpoint: Callable[[], str | None]
+    """The Handler's endpoint as the engine knows it now; None while it does not exist."""
+    handler_wait: float
+    """How long to wait for a missing Handler before failing the run (HandlerNotFound) without a call."""
     handler: str
     method: str
     params: dict[str, Any]
@@ -116,11 +118,16 @@ async def _attempts(
     metrics: OperatorMetrics,
     on_attempt: Callable[[], None] | None,
 ) -> None:
-    if plan.endpoint is None:
+    loop = asyncio.get_running_loop()
+    endpoint = plan.endpoint()
+    waited_until = loop.time() + plan.handler_wait
+    while endpoint is None and loop.time() < waited_until:
+        await asyncio.sleep(0.1)
+        endpoint = plan.endpoint()
+    if endpoint is None:
         record.error = {"type": "HandlerNotFound", "message": f"Handler {plan.handler!r} does not exist"}
         return
     rng = random.Random(run.id.bytes)
-    loop = asyncio.get_running_loop()
     while True:
         run.attempt += 1
         if on_attempt is not None:
@@ -136,7 +143,7 @@ async def _attempts(
         )
         started = loop.time()
         try:
-            value = await client.attempt(plan.endpoint, call)
+            value = await client.attempt(endpoint, call)
         except errors.CallError as error:
             metrics.rpc_calls.labels(plan.handler, error.type).inc()
             metrics.rpc_duration.labels(plan.handler).observe(loop.time() - started)

@@ -156,6 +156,8 @@ class History:
     last_failure_time: datetime.datetime | None = None
     last_run_now_token: str | None = None
     conditions: dict[str, Condition] = dataclasses.field(default_factory=dict)
+    unfinished: list[datetime.datetime] = dataclasses.field(default_factory=list)
+    """Nominal times of runs a previous operator left in ``active``: after a crash they run again."""
 
     def record(self, run: RunRecord, *, successful_limit: int, failed_limit: int) -> None:
         """Adds a run (newest first, by scheduled time) and trims each kind to its limit."""
@@ -219,6 +221,10 @@ class History:
         history.last_failure_time = parse_rfc3339(status.get("lastFailureTime"))
         token = status.get("lastRunNowToken")
         history.last_run_now_token = token if isinstance(token, str) else None
+        for run in status.get("active") or []:
+            scheduled = parse_rfc3339(run.get("scheduledTime")) if isinstance(run, dict) else None
+            if scheduled is not None:
+                history.unfinished.append(scheduled)
         for data in status.get("conditions") or []:
             since = parse_rfc3339(data.get("lastTransitionTime")) if isinstance(data, dict) else None
             if since is not None and isinstance(data.get("type"), str):

@@ -339,3 +339,26 @@ def test_run_ids_are_stable_per_schedule_and_time() -> None:
     assert runs.run_id("uid-1", moment) == runs.run_id("uid-1", moment)
     assert runs.run_id("uid-1", moment) != runs.run_id("uid-2", moment)
     assert runs.run_id("uid-1", moment) != runs.run_id("uid-1", moment + datetime.timedelta(seconds=1))
+
+
+async def test_a_run_in_flight_at_a_crash_runs_again_after_restart(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
+) -> None:
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    created = (now() - datetime.timedelta(seconds=30)).replace(microsecond=0)  # like a creationTimestamp
+    _created[key] = created
+    crashed_at = created + datetime.timedelta(seconds=20)  # on the @every 1s grid
+    previous_status = {  # what the crashed operator last wrote: the run of crashed_at in flight
+        "lastScheduleTime": crashed_at.isoformat(),
+        "active": [{"runId": str(runs.run_id(f"uid-{key.name}", crashed_at)), "scheduledTime": crashed_at.isoformat()}],
+        "runs": [],
+    }
+    apply(
+        engine, {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "Skip"}, key=key, status_=previous_status
+    )
+    restarted = now()
+    await eventually(lambda: any(r["outcome"] == "Succeeded" for r in records(engine, key)))
+    engine.remove_schedule(key)
+    seen = [datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key)]
+    assert crashed_at in seen  # it was started, so it runs again, whatever the catch-up policy
+    assert [t for t in seen if crashed_at < t < restarted] == []  # the times nobody started: Skip

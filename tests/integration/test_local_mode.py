@@ -90,7 +90,7 @@ async def test_sigkill_and_restart_catch_up_without_running_anything_twice(
     schedules = tmp_path / "schedules"
     schedules.mkdir()
     write(schedules, "handler.yaml", handler_yaml(handler.endpoint))
-    spec = 'handler: probe\nmethod: tick\nschedule: "@every 1s"\ncatchUpPolicy: All\n'
+    spec = 'handler: probe\nmethod: tick\nschedule: "@every 1s"\ncatchUpPolicy: All\nconcurrencyPolicy: Allow\n'
     write(schedules, "tick.yaml", schedule_yaml("tick", spec))
     state, log = tmp_path / "state.json", tmp_path / "local.log"
 
