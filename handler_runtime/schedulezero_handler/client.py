@@ -25,6 +25,9 @@ from schedulezero_handler import errors, protocol, pump, security
 
 log = logging.getLogger(__name__)
 
+DISCONNECT_GRACE = 0.2
+"""Seconds replies may still arrive after the connection is reported lost."""
+
 REPLY_GRACE = 0.5
 """Seconds a caller waits beyond the deadline it sends, so the handler's own
 DeadlineExceeded (which names the method) arrives before the caller gives up."""
@@ -112,13 +115,21 @@ class _Connection:
     def _event(self, frames: list[bytes]) -> None:
         event = zmq.utils.monitor.parse_monitor_message(frames)
         if event["event"] == zmq.EVENT_DISCONNECTED:
-            self.replies.drain()  # replies that arrived just before the connection closed still count
-            self.fail_pending(errors.Unavailable(f"connection to {self.endpoint} lost"))
+            # The monitor and the data travel separately: give replies sent just before the
+            # connection closed a moment to land before failing the calls still waiting.
+            lost = errors.Unavailable(f"connection to {self.endpoint} lost")
+            asyncio.get_running_loop().call_later(DISCONNECT_GRACE, self._lost, list(self.pending.values()), lost)
         elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
             self.fail_pending(self.refused)
         elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.refused = None
+
+    def _lost(self, waiting: list[asyncio.Future[protocol.Reply]], error: errors.CallError) -> None:
+        self.replies.drain()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
 
     def fail_pending(self, error: errors.CallError) -> None:
         for future in self.pending.values():

@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 import yaml
+import zmq.asyncio
 
 from schedulezero_handler import handler as handler_
 from schedulezero_handler import server as server_
@@ -68,7 +69,8 @@ def load_config(path: pathlib.Path | None) -> dict[str, Any]:
 
 async def serve(handler: handler_.Handler, settings: server_.ServerSettings) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls and stops."""
-    server = server_.Server(handler, settings)
+    context = zmq.asyncio.Context()
+    server = server_.Server(handler, settings, context=context)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,3 +80,5 @@ async def serve(handler: handler_.Handler, settings: server_.ServerSettings) -> 
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", settings.drain_timeout)
     await server.stop()
+    # Replies are sent by ZeroMQ's I/O thread: let the last ones out before the process exits.
+    await asyncio.to_thread(context.destroy, linger=1000)
