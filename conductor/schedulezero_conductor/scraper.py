@@ -55,7 +55,6 @@ class Scraper:
         self.cache: dict[str, Snapshot] = {}
         self.last_round_seconds: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self._first_round = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -64,9 +63,6 @@ class Scraper:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-    async def wait_first_round(self) -> None:
-        await self._first_round.wait()
 
     async def _loop(self) -> None:
         while True:
@@ -77,7 +73,6 @@ class Scraper:
                     await self.on_round()
             except Exception:
                 log.exception("scrape round failed")
-            self._first_round.set()
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def scrape(self) -> None:
