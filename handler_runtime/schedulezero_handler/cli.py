@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {schedulezero_handler.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for entry_point in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        register: Register = entry_point.load()
+        try:
+            register: Register = entry_point.load()
+        except ImportError:  # its extra (operator, conductor) is not installed
+            continue
         register(subparsers)
     return parser
 
