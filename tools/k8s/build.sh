@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kubectl, etcd, helm) that the
-# e2e tests run, unless the cache already holds it.
+# e2e tests run, unless the cache already holds it, and fetches the
+# prometheus-operator CRDs the chart's monitoring objects are checked against.
 #
 # Binaries are cached by version outside the source tree, in
 #   ${SCHEDULEZERO_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/schedulezero/k8s}/<name>-<version>/
@@ -93,6 +94,26 @@ ensure etcd "$ETCD_VERSION" --version -- build_etcd
 ensure kube-apiserver "$KUBERNETES_VERSION" --version -- build_kube kube-apiserver
 ensure kubectl "$KUBERNETES_VERSION" "version --client" -- build_kube kubectl
 ensure helm "$HELM_VERSION" version -- build_helm
+
+# The prometheus-operator CRDs (ServiceMonitor, PrometheusRule) are YAML in its
+# Go module; the module proxy serves them like source.
+monitoring_crds() {
+  local dest="$cache/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION" dir tmp
+  if [ ! -s "$dest/monitoring.coreos.com_servicemonitors.yaml" ]; then
+    log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: fetching its CRDs"
+    dir=$(cd "$here/kubernetes" && go mod download -json \
+      "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -n "$dir" ] || { log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: download FAILED"; exit 1; }
+    tmp=$(mktemp -d "$cache/.fetch-monitoring-XXXXXX")
+    for kind in servicemonitors prometheusrules; do
+      cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$tmp/"
+    done
+    chmod 644 "$tmp"/*.yaml; rm -rf "$dest"; mv "$tmp" "$dest"
+  fi
+  ln -sfn "$dest" "$bin/monitoring-crds"
+}
+monitoring_crds
 
 log "kube-apiserver: $("$bin/kube-apiserver" --version)"
 log "etcd: $("$bin/etcd" --version | head -n 1)"
