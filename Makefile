@@ -51,9 +51,10 @@ typecheck: venv
 pytest: venv control-plane
 	bin=$$(tools/k8s/build.sh 2>/dev/null) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/pytest $(PYTEST_ARGS)
 
-# Plain manifests for kubectl users, copied from their sources.
-manifests:
-	cp operator/schedulezero_operator/crds/*.yaml manifests/crds/
+# manifests/ for kubectl users, rendered from charts/schedulezero (whose crds/
+# and files/ are refreshed from the operator's CRDs and monitoring/ first).
+manifests: venv control-plane
+	bin=$$(tools/k8s/build.sh 2>/dev/null) && $(BIN)/python tools/render_manifests.py $$bin/helm
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

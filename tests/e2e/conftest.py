@@ -18,7 +18,8 @@ import pytest
 
 from tests.support import controlplane
 
-CRDS = controlplane.REPO / "manifests" / "crds"
+MANIFESTS = controlplane.REPO / "manifests"
+CRDS = MANIFESTS / "crds"
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +78,21 @@ def namespace(cluster: controlplane.Cluster, crds: None) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)
     return name
+
+
+@pytest.fixture(scope="session")
+def system_kubeconfigs(
+    cluster: controlplane.Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, pathlib.Path]:
+    """Kubeconfigs of the ``operator`` and ``conductor`` ServiceAccounts with manifests/rbac's cluster-wide rights.
+
+    manifests/ is rendered from the chart (a test fails when it drifts), so the
+    operator and conductor tests run with exactly the rights `helm install` grants.
+    """
+    for path in ("namespace.yaml", "rbac/serviceaccounts.yaml", "rbac/cluster.yaml"):
+        cluster.kubectl("apply", "-f", str(MANIFESTS / path))
+    directory = tmp_path_factory.mktemp("accounts")
+    return {
+        component: cluster.kubeconfig_for(f"schedulezero-{component}", "schedulezero-system", directory / component)
+        for component in ("operator", "conductor")
+    }

@@ -25,24 +25,13 @@ from tests.support.operator import Operator
 pytestmark = pytest.mark.e2e
 
 PROBE = "tests.support.handlers:ProbeHandler"
-RBAC = controlplane.REPO / "manifests" / "rbac"
+MANIFESTS = controlplane.REPO / "manifests"
 
 
-@pytest.fixture(scope="module")
-def operator_kubeconfig(
-    cluster: controlplane.Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> pathlib.Path:
-    """A kubeconfig for the operator's ServiceAccount, bound by manifests/rbac (not an admin)."""
-    cluster.kubectl("apply", "-f", str(RBAC / "cluster.yaml"))
-    token = cluster.kubectl(
-        "create", "token", "schedulezero-operator", "-n", "schedulezero-system", "--duration", "4h"
-    ).stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "operator", "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = "operator"
-    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+@pytest.fixture
+def operator_kubeconfig(system_kubeconfigs: dict[str, pathlib.Path]) -> pathlib.Path:
+    """The operator's ServiceAccount, not an admin."""
+    return system_kubeconfigs["operator"]
 
 
 @pytest.fixture
@@ -352,21 +341,16 @@ def test_a_curve_handler_is_called_with_the_keys_of_its_secret(
 def test_the_namespaced_rbac_variant_is_enough(
     cluster: controlplane.Cluster, namespace: str, probe_handler: processes.HandlerProcess, tmp_path: pathlib.Path
 ) -> None:
-    """The operator runs under manifests/rbac/namespace-role.yaml alone, with no cluster-wide rights."""
+    """The operator runs under the Role of manifests/rbac/namespace-role.yaml alone, with no cluster-wide rights."""
     account = f"ns-operator-{namespace}"
-    cluster.kubectl("apply", "-f", str(RBAC / "serviceaccount.yaml"))
+    cluster.kubectl("apply", "-f", str(MANIFESTS / "namespace.yaml"))
     cluster.kubectl("create", "serviceaccount", account, "-n", "schedulezero-system")
-    documents = list(yaml.safe_load_all((RBAC / "namespace-role.yaml").read_text()))
+    documents = list(yaml.safe_load_all((MANIFESTS / "rbac" / "namespace-role.yaml").read_text()))
     for document in documents:
-        if document["kind"] == "RoleBinding":
+        if document["kind"] == "RoleBinding" and document["metadata"]["name"] == "schedulezero-operator":
             document["subjects"][0]["name"] = account
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(documents))
-    token = cluster.kubectl("create", "token", account, "-n", "schedulezero-system").stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "namespaced", "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = "namespaced"
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
+    kubeconfig = cluster.kubeconfig_for(account, "schedulezero-system", tmp_path / "kubeconfig")
 
     operator = Operator(kubeconfig, tmp_path / "operator.log", "--namespace", namespace).start()
     try:

@@ -50,16 +50,18 @@ def handler_doc(name: str, endpoint: str) -> str:
 class Stack:
     """Handlers, the conductor and the operator in one namespace, scraped by Prometheus."""
 
-    def __init__(self, cluster: controlplane.Cluster, namespace: str, workdir: pathlib.Path) -> None:
+    def __init__(
+        self, cluster: controlplane.Cluster, namespace: str, workdir: pathlib.Path, kubeconfigs: dict[str, pathlib.Path]
+    ) -> None:
         self.cluster, self.namespace, self.workdir = cluster, namespace, workdir
         self.handlers = {name: processes.start_handler(PROBE, workdir) for name in ("alpha", "beta")}
         for name, handler in self.handlers.items():
             cluster.kubectl("apply", "-n", namespace, "-f", "-", input=handler_doc(name, handler.endpoint))
-        env = {"KUBECONFIG": str(cluster.kubeconfig)}
+        env = {"KUBECONFIG": str(kubeconfigs["conductor"])}
         self.conductor = conductor.start_conductor(workdir, "--namespace", namespace, env=env)
         operator_port = controlplane.free_port()
         self.operator = Operator(
-            cluster.kubeconfig, workdir / "operator.log", "--namespace", namespace, metrics_port=operator_port
+            kubeconfigs["operator"], workdir / "operator.log", "--namespace", namespace, metrics_port=operator_port
         ).start()
         schedule = {
             "apiVersion": "schedulezero.io/v1alpha1",
@@ -84,8 +86,14 @@ class Stack:
 
 
 @pytest.fixture
-def stack(cluster: controlplane.Cluster, namespace: str, tmp_path: pathlib.Path) -> Iterator[Stack]:
-    built = Stack(cluster, namespace, tmp_path)
+def stack(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    system_kubeconfigs: dict[str, pathlib.Path],
+) -> Iterator[Stack]:
+    """Operator and conductor under their ServiceAccounts, with the chart's RBAC."""
+    built = Stack(cluster, namespace, tmp_path, system_kubeconfigs)
     try:
         yield built
     finally:

@@ -24,6 +24,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+import yaml
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "k8s" / "build.sh"
 BINARIES = ("etcd", "kube-apiserver", "kubectl", "helm")
@@ -92,6 +94,15 @@ class Cluster:
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.tool("helm", *args, check=check)
+
+    def kubeconfig_for(self, account: str, namespace: str, path: pathlib.Path) -> pathlib.Path:
+        """A kubeconfig at ``path`` that acts as ServiceAccount ``namespace/account``, with only its rights."""
+        token = self.kubectl("create", "token", account, "-n", namespace, "--duration", "4h").stdout.strip()
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": account, "user": {"token": token}}]
+        config["contexts"][0]["context"]["user"] = account
+        path.write_text(yaml.safe_dump(config))
+        return path
 
 
 @dataclasses.dataclass

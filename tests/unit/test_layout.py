@@ -58,11 +58,3 @@ def test_console_script_reports_the_version() -> None:
         "schedulezero",
         importlib.import_module("schedulezero_handler").__version__,
     ]
-
-
-def test_manifests_crds_match_the_operator_package() -> None:
-    source = REPO / "operator" / "schedulezero_operator" / "crds"
-    copies = REPO / "manifests" / "crds"
-    assert sorted(p.name for p in source.glob("*.yaml")) == sorted(p.name for p in copies.glob("*.yaml"))
-    for path in source.glob("*.yaml"):
-        assert (copies / path.name).read_text() == path.read_text(), f"run make manifests: {path.name} drifted"
