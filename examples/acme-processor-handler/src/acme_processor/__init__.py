@@ -1,0 +1,3 @@
+"""ACME's on-premise data processor, shipped as a ScheduleZero handler."""
+
+__version__ = "1.0.0"
