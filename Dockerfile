@@ -14,13 +14,10 @@ COPY pyproject.toml README.md ./
 COPY operator operator
 COPY handler_runtime handler_runtime
 COPY conductor conductor
+COPY tools/image/packages.py /tmp/packages.py
 RUN /opt/schedulezero/bin/pip install --no-cache-dir ".[operator,conductor]" \
-    # The handler chart's `packages` are installed into this prefix at pod start
-    # (pip install --prefix); a .pth file puts it on the path when it exists.
-    && /opt/schedulezero/bin/python -c "import sysconfig, pathlib; \
-purelib = pathlib.Path(sysconfig.get_path('purelib')); \
-extra = sysconfig.get_path('purelib', vars={'base': '/opt/schedulezero/packages', 'platbase': '/opt/schedulezero/packages'}); \
-(purelib / 'schedulezero-packages.pth').write_text(extra + '\n')"
+    # Room for the handler chart's `packages`, installed at pod start into a volume.
+    && /opt/schedulezero/bin/python /tmp/packages.py /opt/schedulezero/packages
 
 FROM ${PYTHON_IMAGE}
 # A fixed numeric user, so runAsNonRoot can check it without a passwd lookup.

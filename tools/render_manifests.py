@@ -5,7 +5,8 @@ The chart is the one source of what gets installed; manifests/ is its output
 with the default values (every namespace watched), split by what a kubectl user
 applies, plus the optional monitoring and NetworkPolicy objects in files of
 their own. The chart's crds/ and files/ are themselves copies of the operator's
-CRDs and of monitoring/, refreshed here first.
+CRDs and of monitoring/; the chart is rendered with them refreshed, so one run
+brings everything up to date.
 
     tools/render_manifests.py HELM           # write them (make manifests)
     tools/render_manifests.py HELM --check   # exit 1, naming each file that drifted
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
 from typing import Any
 
 import yaml
@@ -88,10 +90,10 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def helm_template(helm: pathlib.Path, *args: str) -> list[tuple[str, dict[str, Any]]]:
+def helm_template(helm: pathlib.Path, chart: pathlib.Path, *args: str) -> list[tuple[str, dict[str, Any]]]:
     """(template file name, document) for each object the chart renders."""
     done = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+        [str(helm), "template", RELEASE, str(chart), "--namespace", NAMESPACE, *args],
         capture_output=True,
         text=True,
     )
@@ -124,34 +126,37 @@ def _dump(documents: list[dict[str, Any]], comment: str = "") -> str:
     return HEADER + comment + body
 
 
-def _namespaced_roles(helm: pathlib.Path) -> list[dict[str, Any]]:
+def _namespaced_roles(helm: pathlib.Path, chart: pathlib.Path) -> list[dict[str, Any]]:
     """The per-namespace Roles, without a namespace, for `kubectl apply -n NS`."""
     roles = []
-    for _, document in helm_template(helm, "--set=watchNamespaces={placeholder}", "--show-only=templates/rbac.yaml"):
+    args = ("--set=watchNamespaces={placeholder}", "--show-only=templates/rbac.yaml")
+    for _, document in helm_template(helm, chart, *args):
         del document["metadata"]["namespace"]
         roles.append(document)
     return roles
 
 
-def render(helm: pathlib.Path) -> Iterator[tuple[pathlib.Path, str]]:
+def render(helm: pathlib.Path) -> dict[pathlib.Path, str]:
     """Every generated file and its content."""
-    for copy, source in COPIES.items():
-        yield copy, source.read_text()
-    yield MANIFESTS / "crds" / "README.md", _CRDS_NOTE
-    for copy, source in COPIES.items():
+    generated = {copy: source.read_text() for copy, source in COPIES.items()}
+    generated[MANIFESTS / "crds" / "README.md"] = _CRDS_NOTE
+    for copy, content in list(generated.items()):
         if copy.parent.name == "crds":
-            yield MANIFESTS / "crds" / copy.name, source.read_text()
-    yield MANIFESTS / "namespace.yaml", _dump([NAMESPACE_DOCUMENT])
-    files: dict[str, list[dict[str, Any]]] = {}
-    for template, document in helm_template(helm, *OPTIONAL):
-        _strip_helm_labels(document)
-        files.setdefault(LAYOUT[template], []).append(document)
-    roles = _namespaced_roles(helm)
-    for document in roles:
-        _strip_helm_labels(document)
-    files["rbac/namespace-role.yaml"] = roles
+            generated[MANIFESTS / "crds" / copy.name] = content
+    generated[MANIFESTS / "namespace.yaml"] = _dump([NAMESPACE_DOCUMENT])
+    with tempfile.TemporaryDirectory() as scratch:
+        chart = pathlib.Path(shutil.copytree(CHART, pathlib.Path(scratch) / CHART.name))
+        for copy, source in COPIES.items():
+            shutil.copyfile(source, chart / copy.relative_to(CHART))
+        files: dict[str, list[dict[str, Any]]] = {}
+        for template, document in helm_template(helm, chart, *OPTIONAL):
+            files.setdefault(LAYOUT[template], []).append(document)
+        files["rbac/namespace-role.yaml"] = _namespaced_roles(helm, chart)
     for name, documents in sorted(files.items()):
-        yield MANIFESTS / name, _dump(documents, _COMMENTS.get(name, ""))
+        for document in documents:
+            _strip_helm_labels(document)
+        generated[MANIFESTS / name] = _dump(documents, _COMMENTS.get(name, ""))
+    return generated
 
 
 _CRDS_NOTE = """\
@@ -180,7 +185,7 @@ def main() -> int:
     parser.add_argument("helm", type=pathlib.Path, help="the helm binary")
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()
-    generated = dict(render(args.helm))
+    generated = render(args.helm)
     if args.check:
         drifted = [
             str(path.relative_to(REPO))

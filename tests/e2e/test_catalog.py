@@ -179,22 +179,16 @@ def test_a_customer_installs_and_schedules_a_catalog_handler(
 def test_the_handler_charts_packages_install_beside_the_image(sources: tuple[str, str], tmp_path: pathlib.Path) -> None:
     """What the handler chart's `packages` init container does, on the image's layout.
 
-    The image's virtualenv has the runtime; the package goes to a prefix on a
-    volume (`pip install --prefix`), which a .pth file in the virtualenv puts on
-    the path (the Dockerfile writes it). Nothing the image has is installed twice.
+    The image's virtualenv holds the runtime and was prepared by
+    tools/image/packages.py, as the Dockerfile does; the package goes to a
+    prefix on a volume with the image's versions as constraints.
     """
-    bin_dir = new_venv(tmp_path / "image-venv")
     project, package = sources
+    bin_dir = new_venv(tmp_path / "image-venv")
     pip(bin_dir, project)
     prefix = tmp_path / "packages"
-    pth = (
-        "import sysconfig, pathlib, sys; "
-        "purelib = pathlib.Path(sysconfig.get_path('purelib')); "
-        f"extra = sysconfig.get_path('purelib', vars={{'base': {str(prefix)!r}, 'platbase': {str(prefix)!r}}}); "
-        "(purelib / 'schedulezero-packages.pth').write_text(extra + '\\n')"
-    )
-    subprocess.run([str(bin_dir / "python"), "-c", pth], check=True)
-    pip(bin_dir, f"--prefix={prefix}", package)
+    subprocess.run([str(bin_dir / "python"), str(REPO / "tools" / "image" / "packages.py"), str(prefix)], check=True)
+    pip(bin_dir, f"--prefix={prefix}", f"--constraint={tmp_path / 'image-venv' / 'constraints.txt'}", package)
 
     installed = sorted(p.name.split("-")[0] for p in prefix.rglob("*.dist-info"))
     assert installed == ["acme_processor_handler"]  # schedulezero, pyzmq... came from the image
@@ -205,3 +199,29 @@ def test_the_handler_charts_packages_install_beside_the_image(sources: tuple[str
             [str(bin_dir / "schedulezero"), "call", endpoint, "status"], capture_output=True, text=True, check=True
         )
     assert json.loads(done.stdout)["uploads"] == 0
+
+
+def test_a_package_needing_other_versions_than_the_image_fails_to_install(
+    sources: tuple[str, str], tmp_path: pathlib.Path
+) -> None:
+    """Rather than being shadowed by the image's copies at run time."""
+    project, _ = sources
+    bin_dir = new_venv(tmp_path / "image-venv")
+    pip(bin_dir, project)
+    subprocess.run(
+        [str(bin_dir / "python"), str(REPO / "tools" / "image" / "packages.py"), str(tmp_path / "p")], check=True
+    )
+    needy = tmp_path / "needy"
+    (needy / "needy").mkdir(parents=True)
+    (needy / "needy" / "__init__.py").write_text("")
+    (needy / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "needy"\nversion = "1"\ndependencies = ["schedulezero>=99"]\n'
+    )
+    done = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", f"--prefix={tmp_path / 'p'}",
+         f"--constraint={tmp_path / 'image-venv' / 'constraints.txt'}", str(needy)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "needy 1 depends on schedulezero>=99" in done.stdout + done.stderr
