@@ -2,16 +2,20 @@
 
 Both are re-read every scrape round, so a handler that appears or disappears
 is picked up without a restart, and a brief API outage only means scraping
-the last known set once more.
+the last known set once more. A Handler with ``spec.curve.secretName`` is
+called with the CURVE keys of that Secret, as the operator calls it.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+import time
 from typing import Any, Protocol
 
 import yaml
+
+from schedulezero_handler import security
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,9 @@ GROUP, VERSION, PLURAL = "schedulezero.io", "v1alpha1", "handlers"
 class Discovery(Protocol):
     async def targets(self) -> dict[str, str]:
         """Handler name ("namespace/name" in a cluster) -> ZeroMQ endpoint."""
+
+    async def curves(self) -> dict[str, security.CurveClient]:
+        """Endpoint -> CURVE keys, for the endpoints of the last ``targets()`` that need them."""
 
 
 def endpoint_of(namespace: str, spec: dict[str, Any]) -> str | None:
@@ -62,15 +69,28 @@ class ConfigDiscovery:
                 log.warning("cannot re-read %s (%s); keeping %d handlers", self._path, error, len(self._targets))
         return dict(self._targets)
 
+    async def curves(self) -> dict[str, security.CurveClient]:
+        return {}
+
 
 class KubernetesDiscovery:
-    """Handler resources in the given namespaces, or in all of them."""
+    """Handler resources in the given namespaces, or in all of them.
 
-    def __init__(self, *, namespaces: tuple[str, ...], kubeconfig: str | None = None) -> None:
+    CURVE Secrets are read once per ``secret_ttl`` seconds each, so a rotated
+    key is in use within that time without reading every Secret every round.
+    """
+
+    def __init__(
+        self, *, namespaces: tuple[str, ...], kubeconfig: str | None = None, secret_ttl: float = 300.0
+    ) -> None:
         self._namespaces = namespaces
         self._kubeconfig = kubeconfig
+        self._secret_ttl = secret_ttl
         self._api: Any = None
+        self._core: Any = None
         self._targets: dict[str, str] = {}
+        self._curves: dict[str, security.CurveClient] = {}
+        self._secrets: dict[tuple[str, str], tuple[float, security.CurveClient]] = {}
 
     async def _custom(self) -> Any:
         if self._api is None:
@@ -84,7 +104,8 @@ class KubernetesDiscovery:
                 k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             except k8s_config.ConfigException:
                 await k8s_config.load_kube_config(config_file=self._kubeconfig, client_configuration=configuration)
-            self._api = k8s.CustomObjectsApi(k8s.ApiClient(configuration))
+            api_client = k8s.ApiClient(configuration)
+            self._api, self._core = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
         return self._api
 
     async def targets(self) -> dict[str, str]:
@@ -100,14 +121,40 @@ class KubernetesDiscovery:
         except Exception as error:  # API down: scrape what we knew
             log.warning("cannot list Handlers (%s); keeping %d", error, len(self._targets))
             return dict(self._targets)
-        targets = {}
+        targets, curves = {}, {}
         for item in items:
-            meta = item.get("metadata", {})
-            endpoint = endpoint_of(meta.get("namespace", ""), item.get("spec") or {})
-            if endpoint is not None:
-                targets[f"{meta.get('namespace')}/{meta.get('name')}"] = endpoint
-        self._targets = targets
+            meta, spec = item.get("metadata", {}), item.get("spec") or {}
+            name = f"{meta.get('namespace')}/{meta.get('name')}"
+            endpoint = endpoint_of(meta.get("namespace", ""), spec)
+            if endpoint is None:
+                continue
+            targets[name] = endpoint
+            secret_name = (spec.get("curve") or {}).get("secretName")
+            if secret_name:
+                curve = await self._curve(str(meta.get("namespace")), str(secret_name), handler=name)
+                if curve is not None:
+                    curves[endpoint] = curve
+        self._targets, self._curves = targets, curves
         return dict(targets)
+
+    async def curves(self) -> dict[str, security.CurveClient]:
+        return dict(self._curves)
+
+    async def _curve(self, namespace: str, secret_name: str, *, handler: str) -> security.CurveClient | None:
+        """The keys of a Handler's Secret, or None (logged): it is then called without, and shows as down."""
+        cached = self._secrets.get((namespace, secret_name))
+        if cached is not None and time.monotonic() - cached[0] < self._secret_ttl:
+            return cached[1]
+        try:
+            secret = await self._core.read_namespaced_secret(secret_name, namespace)
+            curve = security.CurveClient.from_secret_data(secret.data, secret=f"{namespace}/{secret_name}")
+        except Exception as error:  # missing, forbidden or malformed: this handler only
+            log.warning(
+                "Handler %s: cannot use the CURVE keys of Secret %s/%s (%s)", handler, namespace, secret_name, error
+            )
+            return None
+        self._secrets[(namespace, secret_name)] = (time.monotonic(), curve)
+        return curve
 
     async def close(self) -> None:
         if self._api is not None:

@@ -83,6 +83,9 @@ class Scraper:
             endpoint = self.cache.pop(gone).endpoint
             if endpoint not in targets.values():
                 await self.client.disconnect(endpoint)
+        curves = await self.discovery.curves()
+        for endpoint in targets.values():  # reconnects only where the keys changed
+            await self.client.set_curve(endpoint, curves.get(endpoint))
         snapshots = await asyncio.gather(*(self._scrape_one(name, endpoint) for name, endpoint in targets.items()))
         self.cache = {snapshot.name: snapshot for snapshot in snapshots}
         self.last_round_seconds = time.monotonic() - started

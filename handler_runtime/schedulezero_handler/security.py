@@ -11,6 +11,7 @@ its contents change and a key can be added or revoked without a restart.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -90,6 +91,20 @@ class CurveClient:
         if secret is None:
             raise ValueError("the client key holds no secret-key (expected a .key_secret file)")
         return cls(server_public_key=server_public, public_key=public, secret_key=secret)
+
+    @classmethod
+    def from_secret_data(cls, data: dict[str, str] | None, *, secret: str) -> CurveClient:
+        """From a Kubernetes Secret's ``data`` (base64): the handler's ``server.key`` and a ``client.key_secret``.
+
+        This is the Secret a Handler names in ``spec.curve.secretName``; the
+        operator and the conductor both call with it. ValueError names the
+        Secret and what it lacks.
+        """
+        decoded = {key: base64.b64decode(value).decode() for key, value in (data or {}).items()}
+        missing = {"server.key", "client.key_secret"} - decoded.keys()
+        if missing:
+            raise ValueError(f"Secret {secret} lacks {', '.join(sorted(missing))}")
+        return cls.from_texts(server_key=decoded["server.key"], client_key_secret=decoded["client.key_secret"])
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         socket.curve_serverkey = self.server_public_key

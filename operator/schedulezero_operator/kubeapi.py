@@ -9,7 +9,6 @@ patch, so fields the engine sets to null disappear and spec is never touched.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import dataclasses
@@ -89,13 +88,7 @@ class Api:
     async def curve_keys(self, namespace: str, secret_name: str) -> security.CurveClient:
         """The CURVE keys a Handler's Secret holds: the handler's server.key and our client.key_secret."""
         secret = await self.core.read_namespaced_secret(secret_name, namespace)
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-        missing = {"server.key", "client.key_secret"} - data.keys()
-        if missing:
-            raise ValueError(f"Secret {namespace}/{secret_name} lacks {', '.join(sorted(missing))}")
-        return security.CurveClient.from_texts(
-            server_key=data["server.key"], client_key_secret=data["client.key_secret"]
-        )
+        return security.CurveClient.from_secret_data(secret.data, secret=f"{namespace}/{secret_name}")
 
     async def create_event(self, event: k8s.CoreV1Event) -> None:
         await self.core.create_namespaced_event(event.metadata.namespace, event)

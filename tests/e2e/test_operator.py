@@ -301,14 +301,7 @@ def test_a_curve_handler_is_called_with_the_keys_of_its_secret(
     cluster: controlplane.Cluster, namespace: str, operator: Operator, tmp_path: pathlib.Path
 ) -> None:
     keys = tmp_path / "keys"
-    for name in ("server", "operator", "stranger"):
-        subprocess.run(
-            [processes.SCHEDULEZERO, "keys", "generate", name, "--out", str(keys)], check=True, capture_output=True
-        )
-    authorized = tmp_path / "authorized"
-    authorized.mkdir()
-    (authorized / "operator.key").write_text((keys / "operator.key").read_text())
-    curve_args = ("--curve-secret-key", str(keys / "server.key_secret"), "--curve-authorized-keys", str(authorized))
+    curve_args = processes.curve_handler_args(keys, "operator", stranger=True)
     with processes.running_handler(PROBE, tmp_path, *curve_args) as handler:
         cluster.kubectl(
             "create", "secret", "generic", "probe-curve", "-n", namespace,

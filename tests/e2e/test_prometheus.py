@@ -172,3 +172,37 @@ def _substitute(expression: str) -> str:
     for variable, value in replacements.items():
         expression = expression.replace(variable, value)
     return re.sub(r"\$\{?(namespace|handler|schedule)(:[a-z]+)?\}?", ".*", expression)
+
+
+def test_the_conductor_scrapes_curve_handlers_with_the_keys_of_their_secrets(
+    cluster: controlplane.Cluster, namespace: str, system_kubeconfigs: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """Under its own ServiceAccount; a Secret it cannot use costs that handler alone, and says why."""
+    keys = tmp_path / "keys"
+    curve_args = processes.curve_handler_args(keys, "conductor")
+    with (
+        processes.running_handler(PROBE, tmp_path, *curve_args) as secure,
+        processes.running_handler(PROBE, tmp_path, *curve_args) as misconfigured,
+    ):
+        cluster.kubectl(
+            "create", "secret", "generic", "secure-keys", "-n", namespace,
+            f"--from-file=server.key={keys / 'server.key'}",
+            f"--from-file=client.key_secret={keys / 'conductor.key_secret'}",
+        )  # fmt: skip
+        cluster.kubectl(
+            "create", "secret", "generic", "half-keys", "-n", namespace, f"--from-file=server.key={keys / 'server.key'}"
+        )  # fmt: skip
+        for name, handler, secret in (("secure", secure, "secure-keys"), ("misconfigured", misconfigured, "half-keys")):
+            document = json.loads(handler_doc(name, handler.endpoint))
+            document["spec"]["curve"] = {"secretName": secret}
+            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+        env = {"KUBECONFIG": str(system_kubeconfigs["conductor"])}
+        scraper = conductor.start_conductor(tmp_path, "--namespace", namespace, env=env)
+        try:
+            eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/secure") == 1)
+            eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/misconfigured") == 0)
+        finally:
+            scraper.stop()
+    log = scraper.log.read_text()
+    assert f"Secret {namespace}/half-keys lacks client.key_secret" in log
+    assert "Forbidden" not in log

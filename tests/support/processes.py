@@ -80,3 +80,18 @@ def running_handler(
         yield process
     finally:
         process.kill()
+
+
+def curve_handler_args(directory: pathlib.Path, *clients: str, stranger: bool = False) -> tuple[str, ...]:
+    """Key pairs in ``directory`` (``schedulezero keys generate``): the handler's ``server`` pair and one per
+    client, of which the handler accepts ``clients`` (and not ``stranger``); returns the handler's CURVE flags."""
+    names = ("server", *clients, *(("stranger",) if stranger else ()))
+    for name in names:
+        subprocess.run(
+            [SCHEDULEZERO, "keys", "generate", name, "--out", str(directory)], check=True, capture_output=True
+        )
+    authorized = directory / "authorized"
+    authorized.mkdir()
+    for name in clients:
+        (authorized / f"{name}.key").write_text((directory / f"{name}.key").read_text())
+    return ("--curve-secret-key", str(directory / "server.key_secret"), "--curve-authorized-keys", str(authorized))
