@@ -83,6 +83,7 @@ def monitoring_crds(cluster: controlplane.Cluster) -> None:
 
 SYSTEM_VARIANTS = {
     "defaults": [],
+    **{option.split("=")[1].split(".")[-2]: [option] for option in ALL_FEATURES},
     "every-feature": ALL_FEATURES,
     "namespaced": ["--set=watchNamespaces={NS}"],
     "no-conductor": ["--set=conductor.enabled=false"],
