@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every part of ScheduleZero: `schedulezero operator`,
 # `schedulezero conductor` and `schedulezero handler ...` are its commands.
 #   docker build -t schedulezero:0.1.0 .
