@@ -176,19 +176,26 @@ def test_a_customer_installs_and_schedules_a_catalog_handler(
     assert summary["scheduled_time"] is not None  # current_call(): the run's nominal time
 
 
-def test_the_handler_charts_packages_install_beside_the_image(sources: tuple[str, str], tmp_path: pathlib.Path) -> None:
-    """What the handler chart's `packages` init container does, on the image's layout.
+@pytest.fixture(scope="module")
+def image_venv(sources: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A virtualenv laid out as the image's: the project, prepared by tools/image/packages.py as the Dockerfile does.
 
-    The image's virtualenv holds the runtime and was prepared by
-    tools/image/packages.py, as the Dockerfile does; the package goes to a
-    prefix on a volume with the image's versions as constraints.
+    Its ``packages`` directory stands for the handler chart's volume.
     """
-    project, package = sources
-    bin_dir = new_venv(tmp_path / "image-venv")
-    pip(bin_dir, project)
-    prefix = tmp_path / "packages"
-    subprocess.run([str(bin_dir / "python"), str(REPO / "tools" / "image" / "packages.py"), str(prefix)], check=True)
-    pip(bin_dir, f"--prefix={prefix}", f"--constraint={tmp_path / 'image-venv' / 'constraints.txt'}", package)
+    root = tmp_path_factory.mktemp("image")
+    bin_dir = new_venv(root / "venv")
+    pip(bin_dir, sources[0])
+    script = REPO / "tools" / "image" / "packages.py"
+    subprocess.run([str(bin_dir / "python"), str(script), str(root / "packages")], check=True)
+    return root
+
+
+def test_the_handler_charts_packages_install_beside_the_image(
+    image_venv: pathlib.Path, sources: tuple[str, str], tmp_path: pathlib.Path
+) -> None:
+    """What the handler chart's `packages` init container does: a prefix on a volume, the image's versions."""
+    bin_dir, prefix = image_venv / "venv" / "bin", image_venv / "packages"
+    pip(bin_dir, f"--prefix={prefix}", f"--constraint={image_venv / 'venv' / 'constraints.txt'}", sources[1])
 
     installed = sorted(p.name.split("-")[0] for p in prefix.rglob("*.dist-info"))
     assert installed == ["acme_processor_handler"]  # schedulezero, pyzmq... came from the image
@@ -202,15 +209,9 @@ def test_the_handler_charts_packages_install_beside_the_image(sources: tuple[str
 
 
 def test_a_package_needing_other_versions_than_the_image_fails_to_install(
-    sources: tuple[str, str], tmp_path: pathlib.Path
+    image_venv: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     """Rather than being shadowed by the image's copies at run time."""
-    project, _ = sources
-    bin_dir = new_venv(tmp_path / "image-venv")
-    pip(bin_dir, project)
-    subprocess.run(
-        [str(bin_dir / "python"), str(REPO / "tools" / "image" / "packages.py"), str(tmp_path / "p")], check=True
-    )
     needy = tmp_path / "needy"
     (needy / "needy").mkdir(parents=True)
     (needy / "needy" / "__init__.py").write_text("")
@@ -219,8 +220,8 @@ def test_a_package_needing_other_versions_than_the_image_fails_to_install(
         '[project]\nname = "needy"\nversion = "1"\ndependencies = ["schedulezero>=99"]\n'
     )
     done = subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", f"--prefix={tmp_path / 'p'}",
-         f"--constraint={tmp_path / 'image-venv' / 'constraints.txt'}", str(needy)],
+        [str(image_venv / "venv" / "bin" / "python"), "-m", "pip", "install", f"--prefix={tmp_path / 'p'}",
+         f"--constraint={image_venv / 'venv' / 'constraints.txt'}", str(needy)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode != 0
