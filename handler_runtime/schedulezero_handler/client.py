@@ -147,13 +147,23 @@ class _Connection:
         if future is None:
             future = loop.create_future()
             self.pending[call.call_id] = future
+        late = errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s")
         try:
             await self._send(protocol.encode_call(call), future, deadline)
-            async with asyncio.timeout_at(deadline):
-                # Another caller of the same call id shares the future: never cancel it for them.
-                reply = await (future if owner else asyncio.shield(future))
+            if owner:
+                # The future is this attempt's own: the deadline fails it directly, one timer
+                # and no cancellation (asyncio.timeout costs several objects per call).
+                timer = loop.call_at(deadline, _expire, future, late)
+                try:
+                    reply = await future
+                finally:
+                    timer.cancel()
+            else:
+                # Another caller's future, shared: never cancel or fail it for them.
+                async with asyncio.timeout_at(deadline):
+                    reply = await asyncio.shield(future)
         except TimeoutError:
-            raise errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s") from None
+            raise late from None
         finally:
             if owner:
                 self.pending.pop(call.call_id, None)
@@ -184,6 +194,11 @@ class _Connection:
         self.replies.socket.disable_monitor()
         self.events.close()
         self.replies.close()
+
+
+def _expire(future: asyncio.Future[protocol.Reply], error: errors.CallError) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def context_for(handlers: int) -> zmq.Context[Any]:

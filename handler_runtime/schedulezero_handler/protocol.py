@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import uuid
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +73,7 @@ class Reply:
 
 
 def new_call_id() -> bytes:
-    return uuid.uuid4().bytes
+    return os.urandom(16)
 
 
 def check_json(value: Any, path: str = "value") -> None:
