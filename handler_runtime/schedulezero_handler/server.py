@@ -49,6 +49,12 @@ class ServerSettings:
     """Larger messages are dropped unanswered."""
     drain_timeout: float = 30.0
     """On stop, how long in-flight calls may finish before they are cancelled."""
+    close_grace: float = 0.5
+    """On stop, after the last in-flight call's reply, how long to keep the connections open.
+
+    A reply that reaches a client just before the connection closes can be lost
+    unread: a DEALER connected with ZMQ_IMMEDIATE (the client's) drops its pipe on
+    disconnect. Seen under load; the grace lets clients read their last replies."""
     reply_ttl: float = 600.0
     """How long a finished reply is kept for duplicates of its call id."""
     reply_cache_size: int = 10_000
@@ -146,7 +152,7 @@ class Server:
                 task.cancel("handler stopping")
             if late:
                 await asyncio.wait(late)
-            await asyncio.sleep(0)  # their done-callbacks queue the replies
+            await asyncio.sleep(self.settings.close_grace)  # their replies are queued: let them be read
         try:
             await self.handler.on_stop()
         finally:
