@@ -78,6 +78,25 @@ def new_call_id() -> bytes:
 
 def check_json(value: Any, path: str = "value") -> None:
     """Raises TypeError naming the first part of ``value`` that JSON cannot carry."""
+    if not _plainly_json(value):  # every call's params and result: the walk naming parts is for failures
+        _check_json(value, path)
+
+
+def _plainly_json(value: Any) -> bool:
+    """True when ``value`` is made of exactly JSON's types (subclasses go the long way)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(type(key) is str and _plainly_json(item) for key, item in value.items())
+    if kind is list:
+        return all(_plainly_json(item) for item in value)
+    return False
+
+
+def _check_json(value: Any, path: str) -> None:
     if value is None or isinstance(value, str | bool | int):
         return
     if isinstance(value, float):
@@ -86,13 +105,13 @@ def check_json(value: Any, path: str = "value") -> None:
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            check_json(item, f"{path}[{index}]")
+            _check_json(item, f"{path}[{index}]")
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{path} has a key of type {type(key).__name__}; JSON keys are strings")
-            check_json(item, f"{path}.{key}")
+            _check_json(item, f"{path}.{key}")
         return
     raise TypeError(f"{path} is a {type(value).__name__}, which JSON cannot represent")
 
