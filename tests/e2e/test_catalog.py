@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,21 +27,12 @@ import yaml
 
 from tests.support import controlplane
 from tests.support.operator import Operator
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
 REPO = controlplane.REPO
 PACKAGE = REPO / "examples" / "acme-processor-handler"
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            assert result, "condition not met in time"
-            return result
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

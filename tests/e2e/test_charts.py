@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 import signal
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ import yaml
 
 from tests.support import conductor, controlplane, processes
 from tests.support.operator import Operator
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +32,6 @@ ALL_FEATURES = [
     "--set=networkPolicy.enabled=true",
 ]
 RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            assert result, "condition not met in time"
-            return result
-        time.sleep(0.2)
 
 
 def unique(prefix: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import itertools
 import json
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from schedulezero_handler import client as client_
-from tests.support import controlplane, processes
+from tests.support import controlplane, processes, waiting
 from tests.support.operator import Operator
 
 pytestmark = pytest.mark.e2e
@@ -74,16 +73,10 @@ def get(cluster: controlplane.Cluster, namespace: str, kind: str, name: str) -> 
     return dict(json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
 
 
-def eventually(predicate: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(controlplane.ToolError, KeyError, IndexError, TypeError):
-            last = predicate()
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+def eventually(predicate: Callable[[], Any], *, timeout: float = 60.0) -> Any:
+    """Until truthy; an object or status field that is not there yet only means "not yet"."""
+    not_yet = (controlplane.ToolError, KeyError, IndexError, TypeError)
+    return waiting.eventually(predicate, timeout=timeout, interval=0.3, ignoring=not_yet)
 
 
 def ticks(handler: processes.HandlerProcess, namespace: str, name: str) -> list[dict[str, Any]]:

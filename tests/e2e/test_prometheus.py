@@ -7,9 +7,8 @@ import json
 import pathlib
 import re
 import signal
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,22 +17,12 @@ from schedulezero_handler import client as client_
 from tests.support import conductor, controlplane, processes
 from tests.support.operator import Operator
 from tests.support.prometheus import Prometheus
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
 PROBE = "tests.support.handlers:ProbeHandler"
 DASHBOARD = controlplane.REPO / "monitoring" / "grafana" / "schedulezero-dashboard.json"
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"not within {timeout} s (last {last!r})")
 
 
 def handler_doc(name: str, endpoint: str) -> str:

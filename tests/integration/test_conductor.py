@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,18 +12,9 @@ import yaml
 
 from schedulezero_handler import client as client_
 from tests.support import conductor, processes
+from tests.support.waiting import eventually
 
 PROBE = "tests.support.handlers:ProbeHandler"
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def call(endpoint: str, method: str, params: dict[str, Any] | None = None) -> Any:
