@@ -76,7 +76,8 @@ class _Connection:
     def __init__(self, context: zmq.Context[Any], endpoint: str, settings: ClientSettings) -> None:
         self.endpoint = endpoint
         self.connect_timeout = settings.connect_timeout
-        self.pending: dict[bytes, asyncio.Future[protocol.Reply]] = {}
+        self.pending: dict[bytes, list[asyncio.Future[protocol.Reply]]] = {}
+        """Call id -> a future per caller waiting for its reply (a duplicate call has two)."""
         self.refused: errors.Unauthorized | None = None
         socket: zmq.Socket[bytes] = zmq.Socket(context, zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
@@ -108,9 +109,9 @@ class _Connection:
         except (protocol.ProtocolError, errors.CallError) as error:
             log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
             return
-        future = self.pending.get(call_id)
-        if future is not None and not future.done():
-            future.set_result(reply)
+        for future in self.pending.get(call_id, ()):
+            if not future.done():
+                future.set_result(reply)
 
     def _event(self, frames: list[bytes]) -> None:
         event = zmq.utils.monitor.parse_monitor_message(frames)
@@ -118,7 +119,7 @@ class _Connection:
             # The monitor and the data travel separately: give replies sent just before the
             # connection closed a moment to land before failing the calls still waiting.
             lost = errors.Unavailable(f"connection to {self.endpoint} lost")
-            asyncio.get_running_loop().call_later(DISCONNECT_GRACE, self._lost, list(self.pending.values()), lost)
+            asyncio.get_running_loop().call_later(DISCONNECT_GRACE, self._lost, self._waiting(), lost)
         elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
             self.fail_pending(self.refused)
@@ -131,8 +132,11 @@ class _Connection:
             if not future.done():
                 future.set_exception(error)
 
+    def _waiting(self) -> list[asyncio.Future[protocol.Reply]]:
+        return [future for futures in self.pending.values() for future in futures]
+
     def fail_pending(self, error: errors.CallError) -> None:
-        for future in self.pending.values():
+        for future in self._waiting():
             if not future.done():
                 future.set_exception(error)
 
@@ -142,31 +146,24 @@ class _Connection:
             raise self.refused
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        future = self.pending.get(call.call_id)
-        owner = future is None
-        if future is None:
-            future = loop.create_future()
-            self.pending[call.call_id] = future
-        late = errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s")
+        # A future of its own, even when the same call id is already waiting (a duplicate):
+        # its deadline then fails this caller alone.
+        future: asyncio.Future[protocol.Reply] = loop.create_future()
+        waiting = self.pending.setdefault(call.call_id, [])
+        waiting.append(future)
+        timer: asyncio.TimerHandle | None = None
         try:
             await self._send(protocol.encode_call(call), future, deadline)
-            if owner:
-                # The future is this attempt's own: the deadline fails it directly, one timer
-                # and no cancellation (asyncio.timeout costs several objects per call).
-                timer = loop.call_at(deadline, _expire, future, late)
-                try:
-                    reply = await future
-                finally:
-                    timer.cancel()
-            else:
-                # Another caller's future, shared: never cancel or fail it for them.
-                async with asyncio.timeout_at(deadline):
-                    reply = await asyncio.shield(future)
-        except TimeoutError:
-            raise late from None
+            # One timer per attempt; asyncio.timeout costs several objects per call.
+            late = errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s")
+            timer = loop.call_at(deadline, _expire, future, late)
+            reply = await future
         finally:
-            if owner:
-                self.pending.pop(call.call_id, None)
+            if timer is not None:
+                timer.cancel()
+            waiting.remove(future)
+            if not waiting:
+                del self.pending[call.call_id]
         if reply.error is not None:
             raise reply.error
         return reply.value

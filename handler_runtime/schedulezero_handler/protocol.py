@@ -78,22 +78,37 @@ def new_call_id() -> bytes:
 
 def check_json(value: Any, path: str = "value") -> None:
     """Raises TypeError naming the first part of ``value`` that JSON cannot carry."""
-    if not _plainly_json(value):  # every call's params and result: the walk naming parts is for failures
+    if _plainly_json(value):  # every call's params and result: the walk naming parts is for failures
+        return
+    try:
         _check_json(value, path)
+    except RecursionError:
+        raise TypeError(f"{path} is nested too deeply") from None
 
 
 def _plainly_json(value: Any) -> bool:
-    """True when ``value`` is made of exactly JSON's types (subclasses go the long way)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
-    if kind is float:
-        return math.isfinite(value)
-    if kind is dict:
-        return all(type(key) is str and _plainly_json(item) for key, item in value.items())
-    if kind is list:
-        return all(_plainly_json(item) for item in value)
-    return False
+    """True when ``value`` is made of exactly JSON's types (subclasses go the long way).
+
+    A loop over a stack rather than recursion, so that depth costs no frames.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is dict:
+            if not all(type(key) is str for key in item):
+                return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        else:
+            return False
+    return True
 
 
 def _check_json(value: Any, path: str) -> None:

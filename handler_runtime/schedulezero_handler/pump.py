@@ -43,12 +43,18 @@ class SocketPump:
         """Sends without waiting; raises zmq.Again when the socket cannot take it now."""
         send = self.socket.send
         *head, last = frames
+        sent = 0
         try:
-            # Frame by frame, with int flags (send_multipart's checks and enums cost more
-            # than the sends). Once the first frame is taken, ZeroMQ takes the whole message.
+            # Frame by frame, with int flags: send_multipart's checks and enums cost more than
+            # the sends. As with send_multipart, zmq.Again normally comes on the first frame.
             for frame in head:
                 send(frame, _MORE)
+                sent += 1
             send(last, _LAST)
+        except TypeError:
+            if sent:  # a frame that is not bytes, after others: end the message rather than join the next
+                send(b"", _LAST)
+            raise
         finally:
             self.kick()
 

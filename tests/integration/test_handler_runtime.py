@@ -100,6 +100,19 @@ async def test_same_call_id_over_two_connections_executes_once(probe: processes.
     assert counts["slow-done:once"] == 1
 
 
+async def test_a_duplicate_waits_on_its_own_deadline(probe: processes.HandlerProcess, client: client_.Client) -> None:
+    """Two callers of one call id on one connection: the first one's wait running out fails it alone."""
+    call_id = protocol.new_call_id()
+    params = {"seconds": 1.5}  # blocks the handler's loop: no reply at all until it is over
+    impatient = asyncio.ensure_future(client.call(probe.endpoint, "block_loop", params, call_id=call_id, timeout=0.1))
+    await asyncio.sleep(0.05)
+    patient = asyncio.ensure_future(client.call(probe.endpoint, "block_loop", params, call_id=call_id, timeout=5))
+    with pytest.raises(errors.DeadlineExceeded, match="no reply from"):
+        await impatient
+    assert not patient.done()
+    assert await patient is None  # the one run's result, answered to the duplicate from the reply cache
+
+
 async def test_handler_killed_mid_call_fails_the_call_not_the_caller(
     probe: processes.HandlerProcess, client: client_.Client
 ) -> None:

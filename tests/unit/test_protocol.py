@@ -80,6 +80,28 @@ def test_only_json_values_cross_the_wire(value: Any, problem: str) -> None:
         protocol.check_json(value)
 
 
+def _nested(depth: int, innermost: Any) -> list[Any]:
+    outer: list[Any] = []
+    current = outer
+    for _ in range(depth):
+        inner: list[Any] = []
+        current.append(inner)
+        current = inner
+    current.append(innermost)
+    return outer
+
+
+def test_deep_values_are_checked_without_running_out_of_stack() -> None:
+    """msgpack carries 511 levels: a bad value that deep is named, never lost to a RecursionError."""
+    protocol.check_json(_nested(5000, 1))  # plain JSON at any depth
+    call = protocol.Call(call_id=b"x" * 16, method="m", params={"tree": _nested(500, b"raw")}, timeout_ms=1000)
+    _, _, header, body = protocol.split(protocol.encode_call(call), max_size=protocol.MAX_MESSAGE_SIZE)
+    with pytest.raises(errors.InvalidParams, match=r"params\.tree(\[0\]){500}\[0\] is a bytes"):
+        protocol.decode_call(b"x" * 16, header, body)
+    with pytest.raises(TypeError, match="result is nested too deeply"):
+        protocol.check_json(_nested(5000, b"raw"), "result")
+
+
 def test_error_types_keep_their_name_and_retryability() -> None:
     for name, cls in errors.ERROR_TYPES.items():
         back = errors.from_wire(cls("why").to_wire())
