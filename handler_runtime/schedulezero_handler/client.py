@@ -155,8 +155,7 @@ class _Connection:
         try:
             await self._send(protocol.encode_call(call), future, deadline)
             # One timer per attempt; asyncio.timeout costs several objects per call.
-            late = errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s")
-            timer = loop.call_at(deadline, _expire, future, late)
+            timer = loop.call_at(deadline, _expire, future, self.endpoint, wait)
             reply = await future
         finally:
             if timer is not None:
@@ -193,9 +192,9 @@ class _Connection:
         self.replies.close()
 
 
-def _expire(future: asyncio.Future[protocol.Reply], error: errors.CallError) -> None:
+def _expire(future: asyncio.Future[protocol.Reply], endpoint: str, wait: float) -> None:
     if not future.done():
-        future.set_exception(error)
+        future.set_exception(errors.DeadlineExceeded(f"no reply from {endpoint} within {wait:.1f} s"))
 
 
 def context_for(handlers: int) -> zmq.Context[Any]:
