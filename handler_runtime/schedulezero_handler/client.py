@@ -64,8 +64,11 @@ class ClientSettings:
     """First wait before reconnecting to a handler that went away."""
     reconnect_interval_max: float = 5.0
     """Cap of the reconnect wait, which grows while the handler stays away."""
-    max_message_size: int = 16 * protocol.MAX_MESSAGE_SIZE
-    """Largest reply accepted; larger ones close the connection."""
+    max_message_size: int = protocol.MAX_REPLY_SIZE
+    """Largest reply accepted; a larger one fails its call ``MessageTooLarge``, the connection stays.
+    ZeroMQ drops the connection of a handler that sends more than ``protocol.TRANSPORT_FACTOR`` times this."""
+    max_call_size: int = protocol.MAX_MESSAGE_SIZE
+    """Largest call sent, as handlers accept by default; a larger one fails ``MessageTooLarge`` unsent."""
     connect_timeout: float = 5.0
     """How long a call waits for a connection to a handler that is not connected, before Unavailable."""
 
@@ -76,6 +79,8 @@ class _Connection:
     def __init__(self, context: zmq.Context[Any], endpoint: str, settings: ClientSettings) -> None:
         self.endpoint = endpoint
         self.connect_timeout = settings.connect_timeout
+        self.max_reply_size = settings.max_message_size
+        self.max_call_size = settings.max_call_size
         self.pending: dict[bytes, list[asyncio.Future[protocol.Reply]]] = {}
         """Call id -> a future per caller waiting for its reply (a duplicate call has two)."""
         self.refused: errors.Unauthorized | None = None
@@ -88,7 +93,7 @@ class _Connection:
         socket.setsockopt(zmq.HEARTBEAT_TTL, 3 * heartbeat_ms)
         socket.setsockopt(zmq.RECONNECT_IVL, int(settings.reconnect_interval * 1000))
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(settings.reconnect_interval_max * 1000))
-        socket.setsockopt(zmq.MAXMSGSIZE, settings.max_message_size)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.TRANSPORT_FACTOR * settings.max_message_size)
         if settings.curve is not None:
             settings.curve.apply(socket)
         monitor_address = f"inproc://schedulezero-monitor-{uuid.uuid4().hex}"
@@ -104,11 +109,13 @@ class _Connection:
 
     def _reply(self, frames: list[bytes]) -> None:
         try:
-            kind, call_id, _, body = protocol.split(frames, max_size=2**63)
+            kind, call_id, _, body = protocol.split(frames, max_size=self.max_reply_size)
             reply = protocol.decode_reply(kind, call_id, body)
-        except (protocol.ProtocolError, errors.CallError) as error:
+        except protocol.ProtocolError as error:
             log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
             return
+        except errors.CallError as error:  # about one call (too large, unknown kind): that call fails
+            call_id, reply = bytes(frames[2]), protocol.Reply(bytes(frames[2]), error=error)
         for future in self.pending.get(call_id, ()):
             if not future.done():
                 future.set_result(reply)
@@ -144,6 +151,7 @@ class _Connection:
         """One attempt: send, then wait up to ``wait`` seconds for the reply."""
         if self.refused is not None:
             raise self.refused
+        frames = _encode(call, self.max_call_size)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         # A future of its own, even when the same call id is already waiting (a duplicate):
@@ -153,7 +161,7 @@ class _Connection:
         waiting.append(future)
         timer: asyncio.TimerHandle | None = None
         try:
-            await self._send(protocol.encode_call(call), future, deadline)
+            await self._send(frames, future, deadline)
             # One timer per attempt; asyncio.timeout costs several objects per call.
             timer = loop.call_at(deadline, _expire, future, self.endpoint, wait)
             reply = await future
@@ -184,12 +192,28 @@ class _Connection:
                     raise errors.Unavailable(f"no connection to {self.endpoint} (is the handler running?)") from None
                 await asyncio.sleep(min(pause, remaining))
                 pause = min(pause * 2, 0.05)
+            except zmq.ZMQError as error:  # closed meanwhile (the client is closing)
+                raise errors.Unavailable(f"cannot send to {self.endpoint}: {error}") from None
 
     async def close(self) -> None:
         self.fail_pending(errors.Unavailable("client closed"))
         self.replies.socket.disable_monitor()
         self.events.close()
         self.replies.close()
+
+
+def _encode(call: protocol.Call, max_size: int) -> list[bytes]:
+    """The call's frames, checked before anything is sent: what a handler would refuse fails here,
+    on this call alone."""
+    try:
+        protocol.check_json(call.params, "params")
+        frames = protocol.encode_call(call)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise errors.InvalidParams(str(error)) from None
+    size = sum(len(frame) for frame in frames)
+    if size > max_size:
+        raise errors.MessageTooLarge(f"call to {call.method} is {size} bytes, more than the {max_size} a call may be")
+    return frames
 
 
 def _expire(future: asyncio.Future[protocol.Reply], endpoint: str, wait: float) -> None:
@@ -213,6 +237,7 @@ class Client:
         self._context: zmq.Context[Any] = context or zmq.Context.instance()
         self._connections: dict[str, _Connection] = {}
         self._curves: dict[str, security.CurveClient | None] = {}
+        self._closed = False
 
     async def __aenter__(self) -> Client:
         return self
@@ -223,6 +248,8 @@ class Client:
     def _connection(self, endpoint: str) -> _Connection:
         connection = self._connections.get(endpoint)
         if connection is None:
+            if self._closed:  # a retry still running at shutdown must not open a connection again
+                raise errors.Unavailable("client closed")
             settings = self.settings
             if endpoint in self._curves:
                 settings = dataclasses.replace(settings, curve=self._curves[endpoint])
@@ -309,6 +336,7 @@ class Client:
             await connection.close()
 
     async def close(self) -> None:
+        self._closed = True
         for endpoint in list(self._connections):
             with contextlib.suppress(Exception):
                 await self.disconnect(endpoint)

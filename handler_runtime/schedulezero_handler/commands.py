@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import pathlib
 import sys
 from typing import Any
@@ -42,6 +43,12 @@ def _register_handler(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--max-concurrent-calls", type=int, default=defaults.max_concurrent_calls)
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout, help="grace on SIGTERM")
+    parser.add_argument(
+        "--reply-cache-bytes",
+        type=int,
+        default=defaults.reply_cache_bytes,
+        help="bytes of finished replies kept for resends and retries (default %(default)s)",
+    )
     parser.add_argument("--http-port", type=int, help="serve /healthz and /readyz on this port")
     parser.add_argument("--curve-secret-key", type=pathlib.Path, help="the handler's .key_secret file")
     parser.add_argument("--curve-authorized-keys", type=pathlib.Path, help="directory of accepted client .key files")
@@ -67,10 +74,18 @@ def _run_handler(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_concurrent_calls=args.max_concurrent_calls,
         drain_timeout=args.drain_timeout,
+        reply_cache_bytes=args.reply_cache_bytes,
         http_port=args.http_port,
         curve=curve,
     )
-    asyncio.run(runner.serve(handler, settings))
+    try:
+        overrun = asyncio.run(runner.serve(handler, settings))
+    except runner.ServeError as error:
+        return _fail(str(error))
+    if overrun:  # threads Python cannot stop: exit without joining them
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

@@ -58,6 +58,26 @@ class Unauthorized(CallError):
     retryable = False
 
 
+class MessageTooLarge(CallError):
+    """A call or its reply exceeds the size the receiving side accepts; the message gives both sizes.
+
+    Raised where the size is known: by the client before sending a call, by the
+    handler instead of sending an oversized result, and by the receiver of a
+    message that is too large. The connection is kept: only this call fails.
+    """
+
+    type = "MessageTooLarge"
+    retryable = False
+
+
+class InvalidResult(CallError):
+    """The method ran and returned a value JSON cannot carry. Not retried: running it again
+    would repeat its side effects and return the same kind of value."""
+
+    type = "InvalidResult"
+    retryable = False
+
+
 class DeadlineExceeded(CallError):
     """No reply within the call's deadline; the handler cancels async work when it passes."""
 
@@ -95,6 +115,8 @@ ERROR_TYPES: dict[str, type[CallError]] = {
         MethodNotFound,
         InvalidParams,
         Unauthorized,
+        MessageTooLarge,
+        InvalidResult,
         DeadlineExceeded,
         Busy,
         Unavailable,

@@ -1,10 +1,11 @@
 """HTTP ``/healthz`` and ``/readyz`` for Kubernetes probes.
 
 Served from a thread with the standard library's HTTP server, so that a probe
-tells the truth about the event loop: ``/healthz`` passes only if the loop runs
-a callback within a second (a blocked loop fails liveness and gets the pod
-restarted), ``/readyz`` only once the socket is bound and ``on_start`` is done,
-and no longer while draining.
+tells the truth about the event loop. ``/healthz`` fails when the loop does not
+run a callback within a second, or when every call slot is held by a sync
+method's thread past its deadline (Python cannot stop a thread): either way
+only a restart helps. ``/readyz`` passes once the socket is bound and
+``on_start`` is done, and no longer while draining.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ LIVENESS_TIMEOUT = 1.0
 
 class Readiness(Protocol):
     ready: bool
+    overrun: int
+
+    @property
+    def stuck(self) -> bool: ...
 
 
 class HealthServer:
@@ -59,14 +64,17 @@ class HealthServer:
 
         class Probe(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                served = health._server
                 if self.path == "/healthz":
-                    ok = health._loop_responsive()
+                    ok = health._loop_responsive() and not served.stuck
                 elif self.path == "/readyz":
-                    ok = health._server.ready
+                    ok = served.ready
                 else:
                     self.send_error(404)
                     return
                 body = b"ok\n" if ok else b"not ok\n"
+                if served.overrun:
+                    body += f"{served.overrun} sync calls still running past their deadline\n".encode()
                 self.send_response(200 if ok else 503)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))

@@ -32,7 +32,15 @@ from schedulezero_handler import errors
 VERSION = b"SZ1"
 CALL_ID_SIZE = 16
 MAX_MESSAGE_SIZE = 1024 * 1024
-"""Default bound on a whole message; larger ones are dropped unread."""
+"""Default bound on a call a handler accepts (and a client sends): larger ones fail ``MessageTooLarge``."""
+MAX_REPLY_SIZE = 16 * MAX_MESSAGE_SIZE
+"""Default bound on a reply a handler sends (and a client accepts): larger ones fail ``MessageTooLarge``."""
+TRANSPORT_FACTOR = 4
+"""Each side lets ZeroMQ take messages up to this many times its own bound and answers the
+excess itself, so one oversized call or reply fails alone; only a peer sending more than that,
+which no conforming peer does, loses its connection (ZeroMQ's MAXMSGSIZE drops it unread)."""
+INT_RANGE = (-(2**63), 2**64 - 1)
+"""Integers msgpack can carry: JSON has no bound, the wire has."""
 
 RESERVED_PREFIX = "sys."
 SYS_VERBS = frozenset({"sys.health", "sys.describe", "sys.metrics", "sys.sleep", "sys.wake", "sys.cancel"})
@@ -95,7 +103,11 @@ def _plainly_json(value: Any) -> bool:
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind is str or kind is int or kind is bool or item is None:
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not INT_RANGE[0] <= item <= INT_RANGE[1]:
+                return False
             continue
         if kind is float:
             if not math.isfinite(item):
@@ -112,7 +124,11 @@ def _plainly_json(value: Any) -> bool:
 
 
 def _check_json(value: Any, path: str) -> None:
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, int):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise TypeError(f"{path} is an integer beyond 64 bits, which the wire cannot carry")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -139,8 +155,10 @@ def pack(value: Any) -> bytes:
 def unpack(data: bytes, what: str) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (msgpack.StackError, RecursionError):
+        raise ProtocolError(f"{what} is nested too deeply") from None
     except Exception as error:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"{what} is not valid msgpack: {error}") from None
+        raise ProtocolError(f"{what} is not valid msgpack: {error or type(error).__name__}") from None
 
 
 def encode_call(call: Call) -> list[bytes]:
@@ -161,17 +179,22 @@ def encode_error(call_id: bytes, error: errors.CallError) -> list[bytes]:
 
 
 def split(frames: Sequence[bytes], *, max_size: int = MAX_MESSAGE_SIZE) -> tuple[Kind, bytes, bytes, bytes]:
-    """Checks the envelope and returns (kind, call_id, header, body), still packed."""
+    """Checks the envelope and returns (kind, call_id, header, body), still packed.
+
+    A message that cannot be answered (wrong frame count, no call id) raises
+    ProtocolError, to be dropped; once the call id is known, the problem is a
+    CallError the receiver can answer under that id.
+    """
     if len(frames) != 5:
         raise ProtocolError(f"expected 5 frames, got {len(frames)}")
     version, kind, call_id, header, body = frames
-    if version != VERSION:
-        raise ProtocolError(f"unsupported protocol version {bytes(version)[:16]!r}, expected {VERSION!r}")
     if len(call_id) != CALL_ID_SIZE:
         raise ProtocolError(f"call id must be {CALL_ID_SIZE} bytes, got {len(call_id)}")
+    if version != VERSION:
+        raise errors.BadRequest(f"unsupported protocol version {bytes(version)[:16]!r}; this side speaks {VERSION!r}")
     size = sum(len(frame) for frame in frames)
     if size > max_size:
-        raise ProtocolError(f"message of {size} bytes exceeds the maximum of {max_size}")
+        raise errors.MessageTooLarge(f"message of {size} bytes exceeds the maximum of {max_size}")
     try:
         return Kind(bytes(kind)), bytes(call_id), header, body
     except ValueError:

@@ -30,9 +30,18 @@ _LAST = int(zmq.NOBLOCK)
 
 
 class SocketPump:
-    def __init__(self, socket: zmq.Socket[Any], on_message: Callable[[list[bytes]], None]) -> None:
+    def __init__(
+        self,
+        socket: zmq.Socket[Any],
+        on_message: Callable[[list[bytes]], None],
+        *,
+        peer_property: str | None = None,
+    ) -> None:
         self.socket = socket
         self._on_message = on_message
+        self._peer_property = peer_property
+        self.peer: str | None = None
+        """While ``on_message`` runs: the message's ``peer_property`` (e.g. ZAP's ``User-Id``), if asked for."""
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
         self._closed = False
@@ -81,6 +90,11 @@ class SocketPump:
             while frame.more:
                 frame = recv(_LAST, copy=False)
                 frames.append(frame.bytes)
+            if self._peer_property is not None:
+                try:
+                    self.peer = str(frame.get(self._peer_property))
+                except zmq.ZMQError:
+                    self.peer = None
             try:
                 self._on_message(frames)
             except Exception:

@@ -30,6 +30,10 @@ class HandlerLoadError(Exception):
     """The handler named on the command line cannot be loaded; the message says why."""
 
 
+class ServeError(Exception):
+    """The handler cannot be served (an address or port taken); the message says which."""
+
+
 def load_class(name: str) -> type[handler_.Handler]:
     if ":" in name:
         module_name, _, qualname = name.partition(":")
@@ -67,18 +71,28 @@ def load_config(path: pathlib.Path | None) -> dict[str, Any]:
     return config
 
 
-async def serve(handler: handler_.Handler, settings: server_.ServerSettings) -> None:
-    """Serves until SIGTERM or SIGINT, then drains in-flight calls and stops."""
+async def serve(handler: handler_.Handler, settings: server_.ServerSettings) -> int:
+    """Serves until SIGTERM or SIGINT, then drains in-flight calls and stops.
+
+    Returns how many sync calls still run in their threads past their deadline:
+    the process must then end without waiting for them, which it cannot stop.
+    """
     context = zmq.asyncio.Context()
     server = server_.Server(handler, settings, context=context)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except zmq.ZMQError as error:
+        raise ServeError(f"cannot bind {settings.bind}: {error}") from None
+    except OSError as error:  # the HTTP server's port
+        raise ServeError(f"cannot serve /healthz and /readyz on port {settings.http_port}: {error.strerror}") from None
     print(f"serving {type(handler).__name__} on {server.endpoint}", flush=True)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", settings.drain_timeout)
     await server.stop()
     # Replies are sent by ZeroMQ's I/O thread: let the last ones out before the process exits.
     await asyncio.to_thread(context.destroy, linger=1000)
+    return server.overrun

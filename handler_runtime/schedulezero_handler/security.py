@@ -143,6 +143,12 @@ class KeyDirectoryAuthenticator:
             self._watch.cancel()
         self._auth.stop()
 
+    def accepts(self, user_id: str | None) -> bool:
+        """Whether a connection authenticated as ``user_id`` (ZAP's User-Id: the client's public key
+        in Z85) may still call. ZAP runs once per connection, so a key revoked later would keep
+        working on a connection that is already open without this check."""
+        return user_id is not None and bool(self._auth.certs.get("*", {}).get(user_id.encode()))
+
     def _load(self) -> None:
         self._fingerprint = _fingerprint(self._curve.authorized_keys)
         self._auth.configure_curve(domain="*", location=str(self._curve.authorized_keys))

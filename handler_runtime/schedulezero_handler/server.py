@@ -46,7 +46,10 @@ class ServerSettings:
     max_concurrent_calls: int = 64
     """Calls running at once; more are answered ``Busy``. Also the worker threads for sync methods."""
     max_message_size: int = protocol.MAX_MESSAGE_SIZE
-    """Larger messages are dropped unanswered."""
+    """Largest call accepted; a larger one is answered ``MessageTooLarge``. ZeroMQ drops the
+    connection of a peer that sends more than ``protocol.TRANSPORT_FACTOR`` times this."""
+    max_reply_size: int = protocol.MAX_REPLY_SIZE
+    """Largest reply sent; a larger result is answered ``MessageTooLarge`` instead."""
     drain_timeout: float = 30.0
     """On stop, how long in-flight calls may finish before they are cancelled."""
     close_grace: float = 0.5
@@ -59,6 +62,8 @@ class ServerSettings:
     """How long a finished reply is kept for duplicates of its call id."""
     reply_cache_size: int = 10_000
     """How many finished replies are kept for duplicates at most."""
+    reply_cache_bytes: int = 64 * 1024 * 1024
+    """How many bytes of finished replies are kept at most; past it the largest go first."""
     http_port: int | None = None
     """Port of the ``/healthz`` and ``/readyz`` endpoints; None serves none."""
     http_host: str = "0.0.0.0"
@@ -67,11 +72,17 @@ class ServerSettings:
     """CurveZMQ keys; None serves in clear text to any client."""
 
 
+UNKNOWN_METHOD = "<unknown>"
+"""The method label of calls to methods the handler does not have: callers choose those names."""
+
+
 @dataclasses.dataclass
 class _Running:
     task: asyncio.Task[list[bytes]]
     waiters: list[bytes]
     """ROUTER identities waiting for the reply: the caller and any duplicates that joined."""
+    thread: asyncio.Future[Any] | None = None
+    """A sync method's worker thread, which outlives the task when the call overruns its deadline."""
 
 
 class Server:
@@ -95,7 +106,13 @@ class Server:
         self._context = context or zmq.asyncio.Context.instance()
         self._pump: pump.SocketPump | None = None
         self._running: dict[bytes, _Running] = {}
-        self._replies = dedup.ReplyCache(ttl=self.settings.reply_ttl, max_entries=self.settings.reply_cache_size)
+        self._replies = dedup.ReplyCache(
+            ttl=self.settings.reply_ttl,
+            max_entries=self.settings.reply_cache_size,
+            max_bytes=self.settings.reply_cache_bytes,
+        )
+        self.overrun = 0
+        """Sync calls past their deadline whose threads still run: Python cannot stop a thread."""
         self._state_lock = asyncio.Lock()
         self._last_activity = time.monotonic()
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -114,7 +131,7 @@ class Server:
         socket: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 1000)  # let the last replies out on stop
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.TRANSPORT_FACTOR * self.settings.max_message_size)
         socket.setsockopt(zmq.HEARTBEAT_IVL, 5000)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
         if self.settings.curve is not None:
@@ -127,11 +144,18 @@ class Server:
             self._http = health.HealthServer(self, host=self.settings.http_host, port=self.settings.http_port)
             self._http.start(asyncio.get_running_loop())
         await self.handler.on_start()
-        self._pump = pump.SocketPump(socket, self._receive)
+        self._pump = pump.SocketPump(
+            socket, self._receive, peer_property="User-Id" if self._authenticator is not None else None
+        )
         if self.settings.idle_timeout > 0:
             self._spawn(self._idle_watch())
         self.ready = True
         log.info("serving %s on %s (%d methods)", type(self.handler).__name__, self.endpoint, len(self.methods))
+
+    @property
+    def stuck(self) -> bool:
+        """Every call slot is taken by a thread past its deadline: only a restart frees them."""
+        return self.overrun >= self.settings.max_concurrent_calls
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -152,6 +176,8 @@ class Server:
                 task.cancel("handler stopping")
             if late:
                 await asyncio.wait(late)
+            if self.overrun:
+                log.warning("%d sync calls still run past their deadline; they end with the process", self.overrun)
             await asyncio.sleep(self.settings.close_grace)  # their replies are queued: let them be read
         try:
             await self.handler.on_stop()
@@ -190,8 +216,12 @@ class Server:
             self.stats.dropped_messages += 1
             log.debug("dropped a malformed message: %s", error)
             return
-        except errors.BadRequest as error:
+        except errors.CallError as error:  # the call id is known: say what is wrong instead of staying silent
             self._reply_now(identity, protocol.encode_error(bytes(frames[2]), error))
+            return
+        if self._authenticator is not None and not self._authenticator.accepts(self._pump.peer if self._pump else None):
+            revoked = errors.Unauthorized("this client's key is no longer authorized")
+            self._reply_now(identity, protocol.encode_error(call_id, revoked))
             return
         if kind is not protocol.Kind.CALL:
             self._reply_now(
@@ -220,7 +250,7 @@ class Server:
             return
         refusal = self._refusal(call)
         if refusal is not None:
-            self.stats.finished(call.method, refusal.type)
+            self.stats.finished(call.method if call.method in self.methods else UNKNOWN_METHOD, refusal.type)
             self._reply_now(identity, protocol.encode_error(call.call_id, refusal))
             return
         method = self.methods[call.method]
@@ -262,11 +292,8 @@ class Server:
                 if method.is_async:
                     value = await method.func(**call.params)
                 else:
-                    loop = asyncio.get_running_loop()
-                    in_context = functools.partial(contextvars.copy_context().run, method.func, **call.params)
-                    value = await loop.run_in_executor(self._executor, in_context)
-            protocol.check_json(value, "result")
-            return protocol.encode_result(call.call_id, value)
+                    value = await asyncio.shield(self._start_thread(call, method))
+            return self._result(call, value)
         except TimeoutError:
             error: errors.CallError = errors.DeadlineExceeded(
                 f"{call.method} did not finish within {call.timeout_ms} ms"
@@ -274,25 +301,72 @@ class Server:
         except asyncio.CancelledError:
             # Only this server cancels calls (sys.cancel, or stop after the drain timeout).
             error = errors.Cancelled(f"{call.method} was cancelled")
-        except errors.CallError as raised:  # a method may answer Busy or Unavailable itself
-            error = raised
-        except Exception as raised:  # what the method raised, or a result JSON cannot carry
-            error = _handler_error(raised)
+        except Exception as raised:
+            error = self._failure(call, raised)
         return protocol.encode_error(call.call_id, error)
 
+    def _start_thread(self, call: protocol.Call, method: handler_.Method) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        in_context = functools.partial(contextvars.copy_context().run, method.func, **call.params)
+        thread = loop.run_in_executor(self._executor, in_context)
+        self._running[call.call_id].thread = thread
+        return thread
+
+    def _result(self, call: protocol.Call, value: Any) -> list[bytes]:
+        try:
+            protocol.check_json(value, "result")
+            frames = protocol.encode_result(call.call_id, value)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise errors.InvalidResult(f"{call.method} returned a value JSON cannot carry: {error}") from None
+        size = sum(len(frame) for frame in frames)
+        if size > self.settings.max_reply_size:
+            raise errors.MessageTooLarge(
+                f"{call.method} returned {size} bytes, more than the {self.settings.max_reply_size} a reply may carry"
+            )
+        return frames
+
+    def _failure(self, call: protocol.Call, raised: Exception) -> errors.CallError:
+        if isinstance(raised, errors.CallError):  # a method may answer Busy or Unavailable itself
+            return raised
+        log.error("%s (call %s) raised", call.method, call.call_id.hex(), exc_info=raised)
+        return _handler_error(raised)
+
     def _finished(self, call: protocol.Call, task: asyncio.Task[list[bytes]]) -> None:
-        self.stats.in_flight -= 1
-        self._last_activity = time.monotonic()
         frames = (
             task.result()
             if not task.cancelled()
             else protocol.encode_error(call.call_id, errors.Cancelled(f"{call.method} was cancelled"))
         )
         self.stats.finished(call.method, _outcome(frames))
-        self._replies.put(call.call_id, dedup.Reply(frames, attempt=call.attempt))
-        running = self._running.pop(call.call_id)
-        for identity in running.waiters:
+        running = self._running[call.call_id]
+        waiters, running.waiters = running.waiters, []
+        for identity in waiters:
             self._reply_now(identity, frames)
+        if running.thread is not None and not running.thread.done():
+            # Still running in its thread: the call stays in flight, and resends and retries of its
+            # id join it rather than run it a second time beside it.
+            self.overrun += 1
+            log.warning("%s (call %s) overran its deadline; its thread still runs", call.method, call.call_id.hex())
+            running.thread.add_done_callback(functools.partial(self._thread_ended, call))
+            return
+        self._settle(call, frames)
+
+    def _thread_ended(self, call: protocol.Call, thread: asyncio.Future[Any]) -> None:
+        """An overrun call's thread ended: its outcome becomes the call's reply, for whoever joined since."""
+        self.overrun -= 1
+        try:
+            frames = self._result(call, thread.result())
+        except Exception as raised:
+            frames = protocol.encode_error(call.call_id, self._failure(call, raised))
+        for identity in self._running[call.call_id].waiters:
+            self._reply_now(identity, frames)
+        self._settle(call, frames)
+
+    def _settle(self, call: protocol.Call, frames: list[bytes]) -> None:
+        self.stats.in_flight -= 1
+        self._last_activity = time.monotonic()
+        self._replies.put(call.call_id, dedup.Reply(frames, attempt=call.attempt))
+        del self._running[call.call_id]
 
     def _reply_now(self, identity: bytes, frames: list[bytes]) -> None:
         """Queues a reply without waiting; a caller that has gone away is counted, not an error."""
@@ -323,6 +397,7 @@ class Server:
             if self.stats.in_flight:
                 raise errors.Busy(f"cannot sleep with {self.stats.in_flight} calls in flight")
             await self.handler.on_sleep()
+            self._replies.shrink()
             await asyncio.get_running_loop().run_in_executor(None, sleep.release_memory)
             self.state = State.SLEEPING
             log.info("sleeping")
@@ -360,6 +435,7 @@ class Server:
                 "state": str(self.state),
                 "version": self.handler.version,
                 "ready": self.ready,
+                "overrun": self.overrun,
             }
         if verb == "sys.describe":
             return {
@@ -397,7 +473,7 @@ class Server:
         running = self._running.get(call_id)
         if running is None or running.task.done():
             return False
-        return running.task.cancel("sys.cancel")
+        return running.task.cancel("sys.cancel")  # a sync method's thread runs on (see _finished)
 
 
 def _outcome(frames: list[bytes]) -> str:
@@ -408,12 +484,24 @@ def _outcome(frames: list[bytes]) -> str:
 
 
 _RUNTIME_DIR = str(pathlib.Path(__file__).parent)
+MAX_ERROR_MESSAGE = 1000
+"""Characters of an exception's text sent to callers; the whole traceback goes to the handler's log."""
 
 
 def _handler_error(raised: BaseException) -> errors.HandlerError:
-    """The exception with the last lines of its traceback in the handler's own code."""
+    """The exception's type and first line, and where in the handler's own code it was raised.
+
+    One line, with no paths: it ends up in a Schedule's status and in Events,
+    which people other than the handler's author read.
+    """
+    text = str(raised).strip().splitlines()
+    message = f"{type(raised).__name__}: {text[0] if text else ''}".rstrip(": ")
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + "…"
     frames = [
         frame for frame in traceback.extract_tb(raised.__traceback__) if not frame.filename.startswith(_RUNTIME_DIR)
     ]
-    where = "".join(traceback.format_list(frames[-3:]))
-    return errors.HandlerError(f"{type(raised).__name__}: {raised}\n{where}".rstrip())
+    if frames:
+        last = frames[-1]
+        message += f" (at {pathlib.Path(last.filename).name}:{last.lineno} in {last.name})"
+    return errors.HandlerError(message)

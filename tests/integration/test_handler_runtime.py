@@ -69,7 +69,7 @@ async def test_unknown_and_unexposed_methods_are_not_found(
 async def test_method_errors_carry_type_and_message(probe: processes.HandlerProcess, client: client_.Client) -> None:
     with pytest.raises(errors.HandlerError, match="ValueError: disk full"):
         await client.call(probe.endpoint, "fail", {"message": "disk full"})
-    with pytest.raises(errors.HandlerError, match="result is a set"):
+    with pytest.raises(errors.InvalidResult, match="result is a set"):
         await client.call(probe.endpoint, "bad_result")
 
 

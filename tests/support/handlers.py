@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ class ProbeHandler(Handler):
         self.ballast = b""
         self.ticks: list[dict[str, Any]] = []
         self.failures: collections.Counter[str] = collections.Counter()
+        self.threads = threading.Lock()
+        self.in_threads: collections.Counter[str] = collections.Counter()
 
     async def on_sleep(self) -> None:
         self.events.append("sleep")
@@ -61,9 +64,21 @@ class ProbeHandler(Handler):
         return key
 
     @expose
-    def slow_sync(self, seconds: float) -> float:
+    def slow_sync(self, seconds: float, key: str = "") -> float:
+        """Sleeps in its thread, counting starts per key and the most running at once."""
+        with self.threads:
+            self.executions[f"sync-start:{key}"] += 1
+            self.in_threads[key] += 1
+            self.executions[f"sync-most:{key}"] = max(self.executions[f"sync-most:{key}"], self.in_threads[key])
         time.sleep(seconds)
+        with self.threads:
+            self.in_threads[key] -= 1
         return seconds
+
+    @expose
+    async def blob(self, size: int) -> str:
+        """A result of ``size`` characters."""
+        return "x" * size
 
     @expose
     async def block_loop(self, seconds: float) -> None:

@@ -35,19 +35,45 @@ def test_call_round_trips_through_frames() -> None:
     ("frames", "problem"),
     [
         ([b"SZ1", b"CALL", b"x" * 16, b"\x80"], "expected 5 frames"),
-        ([b"SZ2", b"CALL", b"x" * 16, b"\x80", b"\x80"], "unsupported protocol version"),
         ([b"SZ1", b"CALL", b"short", b"\x80", b"\x80"], "call id must be 16 bytes"),
-        ([b"SZ1", b"CALL", b"x" * 16, b"\x80", b"y" * 2000], "exceeds the maximum"),
     ],
 )
-def test_malformed_envelopes_are_protocol_errors(frames: list[bytes], problem: str) -> None:
+def test_unanswerable_envelopes_are_protocol_errors(frames: list[bytes], problem: str) -> None:
     with pytest.raises(protocol.ProtocolError, match=problem):
         protocol.split(frames, max_size=1024)
 
 
-def test_unknown_kind_is_bad_request() -> None:
-    with pytest.raises(errors.BadRequest, match="unknown message kind"):
-        protocol.split([b"SZ1", b"PING", b"x" * 16, b"\x80", b"\x80"])
+@pytest.mark.parametrize(
+    ("frames", "error", "problem"),
+    [
+        ([b"SZ1", b"PING", b"x" * 16, b"\x80", b"\x80"], errors.BadRequest, "unknown message kind b'PING'"),
+        ([b"SZ2", b"CALL", b"x" * 16, b"\x80", b"\x80"], errors.BadRequest, "unsupported protocol version b'SZ2'"),
+        (
+            [b"SZ1", b"CALL", b"x" * 16, b"\x80", b"y" * 2000],
+            errors.MessageTooLarge,
+            "2024 bytes exceeds the maximum of 1024",
+        ),
+    ],
+)
+def test_envelopes_with_a_call_id_get_an_answerable_error(
+    frames: list[bytes], error: type[errors.CallError], problem: str
+) -> None:
+    """Once the call id is known the caller can be told what is wrong, instead of waiting out its timeout."""
+    with pytest.raises(error, match=problem) as raised:
+        protocol.split(frames, max_size=1024)
+    assert not raised.value.retryable
+
+
+def test_msgpack_nested_past_the_depth_limit_says_so() -> None:
+    deep = b"\x91" * 2000 + b"\xc0"  # 2000 nested one-element arrays
+    with pytest.raises(protocol.ProtocolError, match="params is nested too deeply"):
+        protocol.unpack(deep, "params")
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, {"a": [2**70]}])
+def test_integers_beyond_64_bits_are_not_json_the_wire_carries(value: object) -> None:
+    with pytest.raises(TypeError, match="beyond 64 bits"):
+        protocol.check_json(value, "params")
 
 
 @pytest.mark.parametrize(
@@ -113,6 +139,8 @@ def test_error_types_keep_their_name_and_retryability() -> None:
         "MethodNotFound",
         "InvalidParams",
         "Unauthorized",
+        "MessageTooLarge",
+        "InvalidResult",
     }
     newer = errors.from_wire({"type": "QuotaExceeded", "message": "m", "retryable": False})
     assert (newer.type, newer.retryable, newer.message) == ("QuotaExceeded", False, "m")
@@ -186,7 +214,7 @@ def test_matching_params_pass(method: str, params: dict[str, Any]) -> None:
 
 
 def test_reply_cache_is_bounded_in_count_and_age() -> None:
-    cache = dedup.ReplyCache(ttl=60, max_entries=3)
+    cache = dedup.ReplyCache(ttl=60, max_entries=3, max_bytes=2**20)
     for i in range(5):
         cache.put(bytes([i]) * 16, dedup.Reply(protocol.encode_result(bytes([i]) * 16, i), attempt=1))
     assert len(cache) == 3
@@ -195,10 +223,41 @@ def test_reply_cache_is_bounded_in_count_and_age() -> None:
     assert stored is not None
     assert stored.succeeded
 
-    short = dedup.ReplyCache(ttl=0.05, max_entries=100)
+    short = dedup.ReplyCache(ttl=0.05, max_entries=100, max_bytes=2**20)
     short.put(b"a" * 16, dedup.Reply(protocol.encode_error(b"a" * 16, errors.Busy("x")), attempt=2))
     assert short.get(b"a" * 16) == dedup.Reply(protocol.encode_error(b"a" * 16, errors.Busy("x")), attempt=2)
     time.sleep(0.1)
     assert short.get(b"a" * 16) is None
     short.put(b"b" * 16, dedup.Reply([b"SZ1", b"RESULT"], attempt=1))
     assert len(short) == 1
+
+
+def _result(call_id: bytes, size: int) -> dedup.Reply:
+    return dedup.Reply(protocol.encode_result(call_id, "x" * size), attempt=1)
+
+
+def test_reply_cache_is_bounded_in_bytes_and_evicts_the_largest_first() -> None:
+    """Any caller chooses its replies' size: the bound in bytes keeps memory in check, and dropping
+    the largest first keeps the dedup of the many ordinary calls."""
+    cache = dedup.ReplyCache(ttl=60, max_entries=10_000, max_bytes=100_000)
+    small = [bytes([i]) * 16 for i in range(50)]
+    for call_id in small:
+        cache.put(call_id, _result(call_id, 100))
+    for i in range(20):
+        cache.put(b"L" * 15 + bytes([i]), _result(b"L" * 15 + bytes([i]), 30_000))
+        assert cache.bytes <= 100_000
+    assert all(cache.get(call_id) is not None for call_id in small)
+    assert sum(cache.get(b"L" * 15 + bytes([i])) is not None for i in range(20)) <= 3
+    cache.put(b"H" * 16, _result(b"H" * 16, 200_000))  # larger than the whole bound: never kept
+    assert cache.get(b"H" * 16) is None
+    assert cache.bytes <= 100_000
+
+
+def test_reply_cache_shrinks_to_what_a_resend_still_needs() -> None:
+    cache = dedup.ReplyCache(ttl=60, max_entries=100, max_bytes=2**20)
+    cache.put(b"r" * 16, _result(b"r" * 16, 10))
+    cache.put(b"e" * 16, dedup.Reply(protocol.encode_error(b"e" * 16, errors.Busy("x")), attempt=1))
+    cache.shrink()
+    assert cache.get(b"r" * 16) is not None
+    assert cache.get(b"e" * 16) is None
+    assert cache.bytes == _result(b"r" * 16, 10).size
