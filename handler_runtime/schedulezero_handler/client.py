@@ -103,7 +103,13 @@ class _Connection:
         )
         monitor: zmq.Socket[bytes] = zmq.Socket(context, zmq.PAIR)
         monitor.connect(monitor_address)
-        socket.connect(endpoint)
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError:
+            socket.disable_monitor()
+            monitor.close(linger=0)
+            socket.close(linger=0)
+            raise
         self.replies = pump.SocketPump(socket, self._reply)
         self.events = pump.SocketPump(monitor, self._event)
 
@@ -111,6 +117,9 @@ class _Connection:
         try:
             kind, call_id, _, body = protocol.split(frames, max_size=self.max_reply_size)
             reply = protocol.decode_reply(kind, call_id, body)
+            protocol.check_json(reply.value, "result")  # msgpack carries more than JSON: bytes, integer keys
+        except TypeError as error:
+            reply = protocol.Reply(call_id, error=errors.InvalidResult(f"from {self.endpoint}: {error}"))
         except protocol.ProtocolError as error:
             log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
             return
@@ -250,11 +259,17 @@ class Client:
         if connection is None:
             if self._closed:  # a retry still running at shutdown must not open a connection again
                 raise errors.Unavailable("client closed")
-            settings = self.settings
-            if endpoint in self._curves:
-                settings = dataclasses.replace(settings, curve=self._curves[endpoint])
-            connection = self._connections[endpoint] = _Connection(self._context, endpoint, settings)
+            try:
+                connection = _Connection(self._context, endpoint, self._settings_for(endpoint))
+            except zmq.ZMQError as error:  # a malformed endpoint: fails the call, like any unreachable handler
+                raise errors.Unavailable(f"cannot connect to {endpoint!r}: {error}") from None
+            self._connections[endpoint] = connection
         return connection
+
+    def _settings_for(self, endpoint: str) -> ClientSettings:
+        if endpoint in self._curves:
+            return dataclasses.replace(self.settings, curve=self._curves[endpoint])
+        return self.settings
 
     async def set_curve(self, endpoint: str, curve: security.CurveClient | None) -> None:
         """CURVE keys for one endpoint (each Handler has its own); reconnects if they changed."""

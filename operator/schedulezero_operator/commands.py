@@ -48,6 +48,12 @@ def register(subparsers: Subparsers) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="/metrics port (0: none)")
     parser.add_argument("--status-interval", type=float, default=2.0, help="seconds between status writes per Schedule")
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=engine_.EngineSettings.stop_grace,
+        help="seconds runs in flight may finish on Ctrl-C or SIGTERM; later ones run again on restart",
+    )
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -74,7 +80,7 @@ def _serve(mode: local.LocalMode, metrics: OperatorMetrics, metrics_port: int) -
 
 def _local_mode(directory: pathlib.Path, state: pathlib.Path | None, args: argparse.Namespace) -> local.LocalMode:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = engine_.EngineSettings(status_interval=args.status_interval)
+    settings = engine_.EngineSettings(status_interval=args.status_interval, stop_grace=args.stop_grace)
     return local.LocalMode(directory, state_path=state, settings=settings)
 
 

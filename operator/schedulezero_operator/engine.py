@@ -146,11 +146,22 @@ class Engine:
         self._scheduler.start()
 
     async def stop(self) -> None:
-        """Stops firing, lets runs in flight finish (up to the grace), writes the last status."""
+        """Stops firing, lets runs in flight finish (up to the grace), writes the last status.
+
+        Runs still going after the grace are interrupted: they stay in ``active``,
+        marked so, and run again under the same run ids when an engine resumes
+        their Schedules (a handler that finished them answers from its cache).
+        """
         self._scheduler.shutdown(wait=False)
-        active = [run.task for state in self._schedules.values() for run in state.active.values() if run.task]
+        active = [run for state in self._schedules.values() for run in state.active.values() if run.task]
         if active:
-            await asyncio.wait(active, timeout=self.settings.stop_grace)
+            _, late = await asyncio.wait([run.task for run in active if run.task], timeout=self.settings.stop_grace)
+            for run in active:
+                if run.task in late:
+                    run.interrupted = "the engine stopped before the run finished; it runs again on resumption"
+                    run.task.cancel()
+            if late:
+                await asyncio.wait(late)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -198,8 +209,12 @@ class Engine:
         self._index(state, spec)
         state.spec, state.generation, state.created = dict(spec), generation, created
         try:
+            runs.check_params(spec.get("params"))
             state.trigger, state.invalid = triggers.build_trigger(spec, created=created), None
-        except InvalidSchedule as error:
+        except Exception as error:  # one Schedule's spec, however odd, costs only that Schedule
+            if not isinstance(error, InvalidSchedule):
+                log.exception("%s: cannot be scheduled", key)
+                error = InvalidSchedule(f"cannot be scheduled: {type(error).__name__}: {error}")
             self._unschedule(state)
             state.trigger, state.invalid = None, str(error)
             self._event(key, warning=True, reason="InvalidSchedule", message=str(error))
@@ -427,10 +442,16 @@ class Engine:
             ),
         )
 
-    async def _carry(self, state: ScheduleState, run: runs.Run, plan: runs.CallPlan) -> status.RunRecord:
-        record = await runs.execute(
-            run, plan, client=self.client, metrics=self.metrics, on_attempt=lambda: self._writer.mark(state.key)
-        )
+    async def _carry(self, state: ScheduleState, run: runs.Run, plan: runs.CallPlan) -> status.RunRecord | None:
+        try:
+            record = await runs.execute(
+                run, plan, client=self.client, metrics=self.metrics, on_attempt=lambda: self._writer.mark(state.key)
+            )
+        except asyncio.CancelledError:
+            if run.interrupted is None:
+                raise
+            self._writer.mark(state.key)  # shows it in active as interrupted
+            return None
         state.active.pop(run.id, None)
         if self._schedules.get(state.key) is state:  # not removed or re-created meanwhile
             self._finish(state, record)

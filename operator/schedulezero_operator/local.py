@@ -168,7 +168,11 @@ class LocalMode:
                 fingerprint = _fingerprint(self.directory)
                 if fingerprint != self._fingerprint:
                     self._fingerprint = fingerprint
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception as error:  # a bug must not stop the Schedules already running
+                        log.exception("reloading %s failed", self.directory)
+                        self.terminal.problem(f"{self.directory}: reloading failed: {type(error).__name__}: {error}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.rescan_interval)
         finally:

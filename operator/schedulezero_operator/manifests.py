@@ -4,7 +4,9 @@ Local mode accepts the same files as ``kubectl apply``. They are checked
 against the CRDs' own OpenAPI schemas (unknown fields rejected, as kubectl's
 strict validation does) and get the schemas' defaults. The rules the CRDs
 express in CEL are the engine's own checks (``triggers.build_trigger``), so
-they hold here too. One bad file costs only itself.
+they hold here too. One bad file costs only itself: whatever a file holds
+(bytes that are not UTF-8, YAML that expands without bound, values JSON has no
+type for), it is reported by name and the others load.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ import dataclasses
 import functools
 import importlib.resources
 import pathlib
+import re
 from typing import Any
 
 import jsonschema
 import yaml
 
+from schedulezero_handler import protocol
+
 API_VERSION = "schedulezero.io/v1alpha1"
+MAX_FILE_SIZE = 1024 * 1024
+"""As large as an object the API server stores (its limit is about 1.5 MiB per request)."""
+MAX_EXPANDED_NODES = 100_000
+"""YAML nodes a document may expand to through aliases; a few anchors can otherwise stand for gigabytes."""
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""metadata.name: a DNS subdomain, as Kubernetes requires of custom resources."""
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+"""metadata.namespace: a DNS label."""
 KINDS = {"Schedule": "schedules.schedulezero.io.yaml", "Handler": "handlers.schedulezero.io.yaml"}
 
 
@@ -85,6 +98,21 @@ def _defaulted(value: Any, schema: dict[str, Any]) -> Any:
     return result
 
 
+def _check_metadata(kind: str, namespace: Any, name: Any, source: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"{source}: {kind} without metadata.name")
+    if len(name) > 253 or not NAME.fullmatch(name):
+        raise ManifestError(
+            f"{source}: {kind} metadata.name {name[:64]!r} must be lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters"
+        )
+    if not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE.fullmatch(namespace):
+        raise ManifestError(
+            f"{source}: {kind} metadata.namespace {str(namespace)[:64]!r} must be lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+
+
 def parse_document(document: Any, source: str) -> Resource:
     if not isinstance(document, dict):
         raise ManifestError(f"{source}: expected a mapping with apiVersion, kind, metadata and spec")
@@ -95,24 +123,80 @@ def parse_document(document: Any, source: str) -> Resource:
             f"got {document.get('apiVersion')!r} {kind!r}"
         )
     metadata = document.get("metadata") or {}
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if not isinstance(name, str) or not name:
-        raise ManifestError(f"{source}: {kind} without metadata.name")
-    namespace = str(metadata.get("namespace") or "default")
+    if not isinstance(metadata, dict):
+        raise ManifestError(f"{source}: {kind} metadata must be a mapping")
+    name, namespace = metadata.get("name"), metadata.get("namespace") or "default"
+    _check_metadata(str(kind), namespace, name, source)
     spec = document.get("spec")
+    try:  # what kubectl would send is JSON: a date, a set or bytes are not
+        protocol.check_json(spec, "spec")
+    except TypeError as error:
+        hint = "; quote it to pass it as a string" if " is a date" in str(error) else ""
+        raise ManifestError(f"{source}: {kind} {namespace}/{name} is invalid: {error}{hint}") from None
     errors = sorted(_validator(kind).iter_errors(spec), key=lambda e: list(e.absolute_path))
     if errors:
         problems = "; ".join(f"spec.{'.'.join(str(p) for p in e.absolute_path) or ''}: {e.message}" for e in errors[:5])
         raise ManifestError(f"{source}: {kind} {namespace}/{name} is invalid: {problems.replace('spec.:', 'spec:')}")
-    return Resource(str(kind), namespace, name, _defaulted(spec, _crd_schema(kind)), source)
+    return Resource(str(kind), str(namespace), str(name), _defaulted(spec, _crd_schema(kind)), source)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand beyond ``MAX_EXPANDED_NODES``.
+
+    Aliases share nodes, so loading is cheap; it is every later copy (JSON, the
+    wire) that pays for the expansion. Counting the expanded nodes is linear in
+    the document, as each shared node's count is computed once.
+    """
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_EXPANDED_NODES} nodes")
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node that contains itself counts once, not forever
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+def _read(path: pathlib.Path) -> list[Any]:
+    """The file's YAML documents; ManifestError names the file and what is wrong with it."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read: {error.strerror}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ManifestError(f"{path}: {len(data)} bytes, more than the {MAX_FILE_SIZE} a resource file may have")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+    try:
+        return list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{path}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as error:  # a tagged scalar PyYAML cannot construct
+        raise ManifestError(f"{path}: not valid YAML: {error}") from None
 
 
 def load_file(path: pathlib.Path) -> tuple[list[Resource], list[str]]:
     """The valid resources in a file, and a message for each invalid document."""
     try:
-        documents = list(yaml.safe_load_all(path.read_text()))
-    except (OSError, yaml.YAMLError) as error:
-        return [], [f"{path}: not valid YAML: {error}"]
+        documents = _read(path)
+    except ManifestError as error:
+        return [], [str(error)]
     resources, problems = [], []
     for index, document in enumerate(documents):
         if document is None:
@@ -122,6 +206,8 @@ def load_file(path: pathlib.Path) -> tuple[list[Resource], list[str]]:
             resources.append(parse_document(document, source))
         except ManifestError as error:
             problems.append(str(error))
+        except RecursionError:
+            problems.append(f"{source}: nested too deeply")
     return resources, problems
 
 

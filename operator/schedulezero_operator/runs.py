@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import json
+import logging
 import random
 import uuid
 from collections.abc import Callable
@@ -19,10 +21,36 @@ from typing import Any
 from schedulezero_handler import client as client_
 from schedulezero_handler import errors, protocol
 from schedulezero_operator import status
+from schedulezero_operator.errors import InvalidSchedule
 from schedulezero_operator.metrics import OperatorMetrics
+
+log = logging.getLogger(__name__)
 
 RUN_NAMESPACE = uuid.UUID("6f0c3d1e-5a7b-4c2d-9e8f-1a2b3c4d5e6f")
 """Fixed namespace of run ids; changing it would make every handler run everything again."""
+
+
+MAX_PARAMS_SIZE = 64 * 1024
+"""Bytes of JSON a Schedule's params may take, as the CRD documents: every run sends them."""
+
+
+def check_params(params: Any) -> None:
+    """InvalidSchedule unless ``params`` is a JSON object every run can send as it is.
+
+    Checked when the Schedule is applied, so a value the wire cannot carry is a
+    schema error at once rather than a failure at each run.
+    """
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise InvalidSchedule(f"spec.params must be an object, not {type(params).__name__}")
+    try:
+        protocol.check_json(params, "spec.params")
+    except TypeError as error:
+        raise InvalidSchedule(str(error)) from None
+    size = len(json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_PARAMS_SIZE:
+        raise InvalidSchedule(f"spec.params is {size} bytes of JSON, more than the {MAX_PARAMS_SIZE} allowed")
 
 
 def run_id(schedule_uid: str, nominal: datetime.datetime) -> uuid.UUID:
@@ -68,7 +96,9 @@ class Run:
     delay: float = 0.0
     attempt: int = 0
     start_time: datetime.datetime | None = None
-    task: asyncio.Task[status.RunRecord] | None = None
+    task: asyncio.Task[status.RunRecord | None] | None = None
+    interrupted: str | None = None
+    """Why the engine stopped the run unfinished: it stays in ``active`` and runs again on resumption."""
 
     def render(self) -> dict[str, Any]:
         rendered: dict[str, Any] = {"runId": str(self.id), "scheduledTime": status.rfc3339(self.nominal)}
@@ -76,6 +106,8 @@ class Run:
             rendered["startTime"] = status.rfc3339(self.start_time)
         if self.attempt:
             rendered["attempt"] = self.attempt
+        if self.interrupted is not None:
+            rendered["interrupted"] = self.interrupted
         return rendered
 
 
@@ -91,7 +123,13 @@ async def execute(
     metrics: OperatorMetrics,
     on_attempt: Callable[[], None] | None = None,
 ) -> status.RunRecord:
-    """Runs the attempts and returns the record; cancellation (Replace) yields a Cancelled record."""
+    """Runs the attempts and returns the record, whatever happens on the way.
+
+    Cancellation yields a Cancelled record (concurrencyPolicy Replace), unless
+    the run was interrupted (the engine stopping): then it propagates, and the
+    run stays unrecorded. Any other exception fails the run with a record that
+    names it: no error on a run's path may leave the run active for good.
+    """
     if run.delay:
         await asyncio.sleep(run.delay)
     run.start_time = _now()
@@ -102,8 +140,14 @@ async def execute(
     try:
         await _attempts(run, plan, record, client=client, metrics=metrics, on_attempt=on_attempt)
     except asyncio.CancelledError:
+        if run.interrupted is not None:
+            raise
         record.outcome = status.Outcome.CANCELLED
         record.error = {"type": "Cancelled", "message": "replaced by a newer run (concurrencyPolicy Replace)"}
+    except Exception as error:
+        log.exception("run %s of %s failed unexpectedly", run.id, run.schedule)
+        record.outcome = status.Outcome.FAILED
+        record.error = {"type": "InternalError", "message": f"{type(error).__name__}: {error}"[:1024]}
     record.finish_time = _now()
     record.attempts = run.attempt
     return record

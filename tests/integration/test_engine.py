@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import zmq
+import zmq.asyncio
 
 from schedulezero_handler import client as client_
+from schedulezero_handler import protocol
 from schedulezero_operator import engine as engine_
 from schedulezero_operator import runs
 from schedulezero_operator.sinks import ScheduleKey
-from tests.support import processes
+from tests.support import controlplane, processes
 
 PROBE = "tests.support.handlers:ProbeHandler"
 NAMESPACE = "t"
@@ -362,3 +366,96 @@ async def test_a_run_in_flight_at_a_crash_runs_again_after_restart(
     seen = [datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key)]
     assert crashed_at in seen  # it was started, so it runs again, whatever the catch-up policy
     assert [t for t in seen if crashed_at < t < restarted] == []  # the times nobody started: Skip
+
+
+def invalid(engine: engine_.Engine, spec: dict[str, Any]) -> str:
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    problem = engine.apply_schedule(key, uid=key.name, spec={"handler": "probe", **spec}, created=now())
+    assert problem is not None
+    return problem
+
+
+async def test_params_no_run_could_send_make_the_schedule_invalid(engine: engine_.Engine) -> None:
+    """Such params once failed inside every run and left it active for good, with Ready still True."""
+    every = {"method": "echo", "schedule": "@every 1s"}
+    date = invalid(engine, {**every, "params": {"value": datetime.date(2026, 1, 1)}})
+    assert date == "spec.params.value is a date, which JSON cannot represent"
+    assert invalid(engine, {**every, "params": {"n": 2**64}}) == (
+        "spec.params.n is an integer beyond 64 bits, which the wire cannot carry"
+    )
+    large = invalid(engine, {**every, "params": {"value": "x" * 70_000}})
+    assert large == "spec.params is 70012 bytes of JSON, more than the 65536 allowed"
+    good = apply(engine, {"method": "tick", "schedule": "@every 1s"})
+    await eventually(lambda: any(r["outcome"] == "Succeeded" for r in records(engine, good)))
+
+
+async def test_a_malformed_endpoint_fails_the_run_with_a_record(engine: engine_.Engine, sink: MemorySink) -> None:
+    engine.set_handler(NAMESPACE, "malformed", engine_.HandlerInfo("tcp://127.0.0.1"))
+    key = apply(engine, {"handler": "malformed", "method": "tick", "runAt": soon(0.2), "retry": {"maxAttempts": 1}})
+    [record] = await eventually(lambda: records(engine, key))
+    assert record["outcome"] == "Failed"
+    assert record["error"]["type"] == "Unavailable"
+    assert record["error"]["message"].startswith("cannot connect to 'tcp://127.0.0.1': ")
+    assert engine.render_status(key)["active"] == []  # type: ignore[index]
+    assert (key, "RunFailed") in {(k, r) for k, r, _ in sink.events}
+
+
+async def test_a_reply_json_cannot_carry_fails_its_run_once(engine: engine_.Engine) -> None:
+    """A handler in another language may answer msgpack that JSON, and so status, cannot hold."""
+    context = zmq.asyncio.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    async def answer_with_bytes() -> None:
+        while True:
+            identity, *frames = await router.recv_multipart()
+            _, call_id, _, _ = protocol.split(frames)
+            await router.send_multipart([identity, b"SZ1", b"RESULT", call_id, protocol.pack({}), protocol.pack(b"\0")])
+
+    server = asyncio.ensure_future(answer_with_bytes())
+    try:
+        engine.set_handler(NAMESPACE, "foreign", engine_.HandlerInfo(f"tcp://127.0.0.1:{port}"))
+        key = apply(engine, {"handler": "foreign", "method": "m", "runAt": soon(0.2)})
+        [record] = await eventually(lambda: records(engine, key))
+    finally:
+        server.cancel()
+        router.close(linger=0)
+        context.term()
+    assert (record["outcome"], record["attempts"], record["error"]["type"]) == ("Failed", 1, "InvalidResult")
+    assert record["error"]["message"] == f"from tcp://127.0.0.1:{port}: result is a bytes, which JSON cannot represent"
+    assert engine.render_status(key)["active"] == []  # type: ignore[index]
+
+
+async def test_stop_interrupts_runs_in_flight_and_a_restart_runs_them_again(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """Stopped during a retry, the engine once crashed on its closed client and left a stale active run."""
+    sink = MemorySink()
+    settings = engine_.EngineSettings(status_interval=0.2, stop_grace=0.5)
+    nowhere = f"tcp://127.0.0.1:{controlplane.free_port()}"
+    first_client = client_.Client()
+    first = engine_.Engine(client=first_client, status_sink=sink, events=sink, settings=settings)
+    first.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(nowhere))
+    await first.start()
+    retry = {"maxAttempts": 20, "backoffSeconds": 0.5, "maxBackoffSeconds": 0.5}
+    key = apply(first, {"method": "tick", "runAt": soon(0.2), "timeoutSeconds": 1, "retry": retry})
+    await eventually(lambda: any(run.get("attempt", 0) >= 2 for run in first.render_status(key)["active"]))  # type: ignore[index]
+    async with asyncio.timeout(5):
+        await first.stop()
+        await first_client.close()
+    stopped = sink.statuses[key]
+    [active] = stopped["active"]
+    assert active["interrupted"].startswith("the engine stopped before the run finished")
+    assert stopped["runs"] == []  # not recorded as Cancelled ("replaced"), nor as failed
+
+    second = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings)
+    second.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await second.start()
+    try:
+        spec = {"handler": "probe", "method": "tick", "runAt": stopped["active"][0]["scheduledTime"], "retry": retry}
+        second.apply_schedule(key, uid=f"uid-{key.name}", spec=spec, created=_created[key], status_=stopped)
+        [record] = await eventually(lambda: records(second, key))
+    finally:
+        await second.stop()
+    assert (record["runId"], record["outcome"]) == (active["runId"], "Succeeded")
+    assert [t["run"] for t in await ticks(client, handler, key)] == [uuid.UUID(active["runId"]).hex]

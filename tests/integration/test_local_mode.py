@@ -60,7 +60,7 @@ def schedule_yaml(name: str, spec: str) -> str:
 {body}"""
 
 
-def start_local(directory: pathlib.Path, state: pathlib.Path, log: pathlib.Path) -> subprocess.Popen[bytes]:
+def start_local(directory: pathlib.Path, state: pathlib.Path, log: pathlib.Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -74,6 +74,7 @@ def start_local(directory: pathlib.Path, state: pathlib.Path, log: pathlib.Path)
                 "0",
                 "--status-interval",
                 "0.2",
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -250,3 +251,94 @@ async def test_metrics_endpoint_exports_the_operator_metrics(
         "schedulezero_status_writes_total",
     ):
         assert name in text
+
+
+LAUGHS = """\
+apiVersion: schedulezero.io/v1alpha1
+kind: Schedule
+metadata: {name: laughs}
+spec:
+  handler: probe
+  method: echo
+  schedule: "@every 1s"
+  params:
+    a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+    g: [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+"""
+
+
+async def test_files_that_cannot_become_schedules_cost_only_themselves(
+    tmp_path: pathlib.Path, handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """Each of these once stopped local mode, or a Schedule, or the connection every Schedule shares."""
+    directory = tmp_path / "schedules"
+    directory.mkdir()
+    write(directory, "handler.yaml", handler_yaml(handler.endpoint))
+    probe = 'handler: probe\nmethod: echo\nschedule: "@every 1s"\n'
+    latin1 = schedule_yaml("cafe", probe + "params: {value: caf\xe9}\n")
+    (directory / "latin1.yaml").write_bytes(textwrap.dedent(latin1).encode("latin-1"))
+    write(directory, "date.yaml", schedule_yaml("date", probe + "params: {value: 2026-01-01}\n"))
+    write(directory, "laughs.yaml", LAUGHS)
+    write(directory, "large.yaml", schedule_yaml("large", probe + f"params: {{value: {'x' * 70_000}}}\n"))
+    slash = schedule_yaml("a/b", 'handler: probe\nmethod: tick\nschedule: "@every 1s"\n')
+    write(directory, "slash.yaml", slash)
+    write(directory, "good.yaml", schedule_yaml("good", 'handler: probe\nmethod: tick\nschedule: "@every 1s"\n'))
+
+    output = io.StringIO()
+    mode = local.LocalMode(
+        directory, state_path=tmp_path / "state.json", terminal=local.Terminal(output), rescan_interval=0.2
+    )
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(mode.run(stop))
+    try:
+        await asyncio.sleep(1.5)
+        (directory / "later.yaml").write_bytes(b"apiVersion: schedulezero.io/v1alpha1\nkind: Schedule # caf\xe9\n")
+        await asyncio.sleep(2.0)
+        assert not running.done()
+    finally:
+        stop.set()
+        await running
+    text = output.getvalue()
+    assert f"{directory / 'latin1.yaml'}: not UTF-8 text (byte 0xe9 at offset " in text
+    assert f"{directory / 'later.yaml'}: not UTF-8 text (byte 0xe9 at offset 57)" in text
+    assert "Schedule default/date is invalid: spec.params.value is a date, which JSON cannot represent" in text
+    assert f"{directory / 'laughs.yaml'}: not valid YAML: its aliases expand to more than 100000 nodes" in text
+    assert "Schedule default/large: spec.params is 70012 bytes of JSON, more than the 65536 allowed" in text
+    assert "Schedule metadata.name 'a/b' must be lowercase letters, digits, '-' and '.'" in text
+    assert len(await ticks(client, handler.endpoint, "good")) >= 3
+
+
+async def test_sigterm_interrupts_runs_in_flight_and_exits_cleanly(
+    tmp_path: pathlib.Path, handler: processes.HandlerProcess
+) -> None:
+    """A run still going at the stop is neither "replaced" nor lost: the state keeps it for the restart.
+    Stopped during a retry, local mode once crashed with a ZMQError from its closed client."""
+    directory = tmp_path / "schedules"
+    directory.mkdir()
+    soon = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1.5)).isoformat()
+    write(directory, "handler.yaml", handler_yaml(handler.endpoint))
+    slow = f'handler: probe\nmethod: slow\nparams: {{seconds: 30}}\nrunAt: "{soon}"\n'
+    write(directory, "slow.yaml", schedule_yaml("slow", slow))
+    nowhere = f"tcp://127.0.0.1:{processes.controlplane.free_port()}"
+    write(directory, "gone.yaml", handler_yaml(nowhere).replace("name: probe", "name: gone"))
+    retrying = f'handler: gone\nmethod: tick\nrunAt: "{soon}"\ntimeoutSeconds: 1\nretry: {{maxAttempts: 50}}\n'
+    write(directory, "retrying.yaml", schedule_yaml("retrying", retrying))
+    state, log = tmp_path / "state.json", tmp_path / "local.log"
+    local_mode = start_local(directory, state, log, "--stop-grace", "1")
+    await asyncio.sleep(5.0)  # both started; the second has failed an attempt or two
+    local_mode.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(local_mode.wait, 10) == 0, log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "replaced" not in text
+    saved = json.loads(state.read_text())["schedules"]
+    for name in ("slow", "retrying"):
+        status = saved[f"default/{name}"]["status"]
+        [active] = status["active"]
+        assert active["interrupted"].startswith("the engine stopped before the run finished"), status
+        assert status["runs"] == []
