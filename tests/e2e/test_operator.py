@@ -132,12 +132,17 @@ def test_invalid_schedule_is_flagged_and_the_valid_one_runs(
         namespace,
         handler_doc(probe_handler.endpoint),
         schedule_doc("bad", schedule="61 * * * *"),
+        schedule_doc("large", schedule="@every 1s", method="echo", params={"value": "x" * 70_000}),
         schedule_doc("good", schedule="@every 1s"),
     )
     ready = eventually(lambda: get(cluster, namespace, "sched", "bad")["status"]["conditions"][0])
     assert ready["status"] == "False"
     assert ready["reason"] == "InvalidSchedule"
     assert "minute field '61'" in ready["message"]
+    # Params the API server stores but no run could send well: refused at once, not at every run.
+    large = eventually(lambda: get(cluster, namespace, "sched", "large")["status"]["conditions"][0])
+    assert (large["status"], large["reason"]) == ("False", "InvalidSchedule")
+    assert large["message"] == "spec.params is 70012 bytes of JSON, more than the 65536 allowed"
     events = eventually(
         lambda: [
             e
