@@ -1,0 +1,312 @@
+"""Sharded leader election on Leases: which operator replica fires which Schedules.
+
+Schedules are split into ``shards`` by a stable hash of ``namespace/name``;
+each shard is one Lease, held by at most one replica. Every replica also
+renews a member Lease of its own, so each knows how many replicas are alive
+and takes free shards only up to its fair share, ceil(shards / live replicas),
+giving its excess up when another replica joins.
+
+The rules are client-go's ``leaderelection``:
+
+- Expiry is judged on the candidate's own monotonic clock, from the moment it
+  last saw the Lease *change*, never from the holder's timestamps (clocks of
+  two machines do not agree; a monotonic interval on one does).
+- Every write carries the Lease's ``resourceVersion``, so of two replicas
+  trying to take a shard at once, the API server lets exactly one win.
+- Fencing: a holder owns a shard only while its last successful renew
+  (timed from *before* the request was sent) is younger than the renew
+  deadline, which is shorter than the lease duration that others wait before
+  taking over. A replica that was paused, partitioned or slow fires nothing
+  of a shard it may have lost, before anyone else can have taken it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+def shard_of(namespace: str, name: str, shards: int) -> int:
+    """The shard of an object: stable across processes and versions (not Python's salted ``hash``)."""
+    digest = hashlib.blake2b(f"{namespace}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ElectionSettings:
+    shards: int = 1
+    """Shards, each one Lease; 1 is plain leader election."""
+    lease_duration: float = 15.0
+    """How long others wait, from the last change they saw, before taking a Lease over."""
+    renew_deadline: float = 10.0
+    """A holder owns a shard only while its last successful renew is younger than this."""
+    retry_period: float = 2.0
+    """Seconds between rounds of renewing, acquiring and releasing."""
+    prefix: str = "schedulezero"
+    """Lease names: PREFIX-shard-N, and PREFIX-member-IDENTITY for the heartbeats."""
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be at least 1")
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("need 0 < retry period < renew deadline < lease duration")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LeaseRecord:
+    """What the election reads and writes of a Lease."""
+
+    holder: str | None
+    lease_duration: float
+    transitions: int = 0
+    renewed: str = ""
+    """The holder's renew time (RFC 3339): shown to people, never used to judge expiry."""
+    version: str = ""
+    """The object's resourceVersion: the precondition of every update."""
+
+
+class Conflict(Exception):
+    """Another replica wrote the Lease first (HTTP 409), or created it first."""
+
+
+class LeaseStore(Protocol):
+    """Lease access: the Kubernetes API in the operator (``leases.KubeLeases``)."""
+
+    async def get(self, name: str) -> LeaseRecord | None: ...
+
+    async def create(self, name: str, record: LeaseRecord, *, member: bool) -> LeaseRecord:
+        """Raises Conflict if it exists."""
+
+    async def update(self, name: str, record: LeaseRecord) -> LeaseRecord:
+        """Replaces the Lease if its resourceVersion is still ``record.version``; raises Conflict otherwise."""
+
+    async def members(self) -> dict[str, LeaseRecord]:
+        """The member Leases, by name."""
+
+    async def delete(self, name: str) -> None: ...
+
+
+@dataclasses.dataclass
+class _Seen:
+    version: str
+    at: float
+    """Monotonic time at which this version was first seen."""
+
+
+class Elector:
+    """One replica's view: which shards it holds, renews, takes and gives up."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        identity: str,
+        settings: ElectionSettings,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], str] | None = None,
+        on_acquired: Callable[[int], None] | None = None,
+        on_lost: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.settings = settings
+        self.clock = clock
+        self._wall = wall_clock or _now_rfc3339
+        self.on_acquired = on_acquired
+        self.on_lost = on_lost
+        self.renewed: dict[int, float] = {}
+        """Shards held, with the (monotonic) start of their last successful renew."""
+        self.transitions = 0
+        """Shards this replica took over from another holder or from nobody."""
+        self.live_members = 1
+        self._seen: dict[str, _Seen] = {}
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what the engine asks -----------------------------------------------------
+
+    def owns_shard(self, shard: int) -> bool:
+        """Whether this replica may act for the shard now: held, and renewed within the renew deadline."""
+        renewed = self.renewed.get(shard)
+        return renewed is not None and self.clock() - renewed < self.settings.renew_deadline
+
+    def owns(self, namespace: str, name: str) -> bool:
+        return self.owns_shard(shard_of(namespace, name, self.settings.shards))
+
+    def held(self) -> list[int]:
+        return sorted(shard for shard in self.renewed if self.owns_shard(shard))
+
+    # -- running ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.round()
+            except Exception:
+                log.exception("election round failed; retrying in %.1f s", self.settings.retry_period)
+            await asyncio.sleep(self.settings.retry_period)
+
+    async def stop(self) -> None:
+        """Stops renewing and releases every Lease held, so others take over within a retry period."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for shard in sorted(self.renewed):
+            await self._release(shard)
+        with contextlib.suppress(Exception):
+            await self.store.delete(self._member_name(self.identity))
+
+    async def round(self) -> None:
+        """One round: heartbeat, count the live, renew, give up the excess, take free shards."""
+        try:
+            await self._heartbeat()
+            await self._count_members()
+        except Exception as error:  # the shards' own requests fail alike, and fencing does the rest
+            log.warning("heartbeat failed: %s", error)
+        share = math.ceil(self.settings.shards / self.live_members)
+        for shard in sorted(self.renewed):
+            await self._renew(shard)
+        self._notice_losses()
+        for shard in sorted(self.renewed, reverse=True)[: max(0, len(self.renewed) - share)]:
+            await self._release(shard)
+        for shard in range(self.settings.shards):
+            if len(self.renewed) >= share:
+                break
+            if shard not in self.renewed:
+                await self._try_acquire(shard)
+
+    # -- members --------------------------------------------------------------------
+
+    def _member_name(self, identity: str) -> str:
+        return f"{self.settings.prefix}-member-{identity}"
+
+    async def _heartbeat(self) -> None:
+        name = self._member_name(self.identity)
+        record = await self.store.get(name)
+        fresh = LeaseRecord(holder=self.identity, lease_duration=self.settings.lease_duration, renewed=self._wall())
+        if record is None:
+            with contextlib.suppress(Conflict):
+                await self.store.create(name, fresh, member=True)
+        else:
+            with contextlib.suppress(Conflict):
+                await self.store.update(name, dataclasses.replace(fresh, version=record.version))
+
+    async def _count_members(self) -> None:
+        members = await self.store.members()
+        own = self._member_name(self.identity)
+        live = 1
+        for name, record in members.items():
+            if name != own and not self._expired(name, record):
+                live += 1
+        for name in [n for n in self._seen if n.startswith(f"{self.settings.prefix}-member-") and n not in members]:
+            del self._seen[name]
+        self.live_members = live
+
+    # -- shards ---------------------------------------------------------------------
+
+    def _shard_name(self, shard: int) -> str:
+        return f"{self.settings.prefix}-shard-{shard}"
+
+    def _expired(self, name: str, record: LeaseRecord) -> bool:
+        """Whether ``record`` has not changed for a lease duration, on this replica's own clock."""
+        now = self.clock()
+        seen = self._seen.get(name)
+        if seen is None or seen.version != record.version:
+            self._seen[name] = _Seen(record.version, now)
+            return False
+        return now - seen.at > record.lease_duration
+
+    async def _renew(self, shard: int) -> None:
+        name = self._shard_name(shard)
+        started = self.clock()
+        try:
+            record = await self.store.get(name)
+            if record is None or record.holder != self.identity:
+                self._drop(shard, "another replica holds its Lease")
+                return
+            renewed = await self.store.update(name, dataclasses.replace(record, renewed=self._wall()))
+        except Conflict:
+            return  # retried next round; ownership fades at the renew deadline if this keeps up
+        except Exception as error:
+            log.warning("shard %d: renew failed: %s", shard, error)
+            return
+        self._seen[name] = _Seen(renewed.version, self.clock())
+        if shard in self.renewed:
+            self.renewed[shard] = started
+
+    async def _try_acquire(self, shard: int) -> None:
+        name = self._shard_name(shard)
+        started = self.clock()
+        wall = self._wall()
+        try:
+            record = await self.store.get(name)
+            if record is None:
+                fresh = LeaseRecord(holder=self.identity, lease_duration=self.settings.lease_duration, renewed=wall)
+                taken = await self.store.create(name, fresh, member=False)
+            elif record.holder and record.holder != self.identity and not self._expired(name, record):
+                return
+            else:
+                taken = await self.store.update(
+                    name,
+                    dataclasses.replace(
+                        record,
+                        holder=self.identity,
+                        lease_duration=self.settings.lease_duration,
+                        transitions=record.transitions + (record.holder != self.identity),
+                        renewed=wall,
+                    ),
+                )
+        except Conflict:
+            return
+        except Exception as error:
+            log.warning("shard %d: acquiring failed: %s", shard, error)
+            return
+        self._seen[name] = _Seen(taken.version, self.clock())
+        self.renewed[shard] = started
+        self.transitions += 1
+        log.info("shard %d acquired (holding %s)", shard, sorted(self.renewed))
+        if self.on_acquired is not None:
+            self.on_acquired(shard)
+
+    async def _release(self, shard: int) -> None:
+        """Gives a shard up: an empty holder, so that another replica takes it at its next round."""
+        name = self._shard_name(shard)
+        self._drop(shard, "released")
+        try:
+            record = await self.store.get(name)
+            if record is not None and record.holder == self.identity:
+                await self.store.update(name, dataclasses.replace(record, holder=None, renewed=self._wall()))
+        except Exception as error:  # it then expires instead
+            log.warning(
+                "shard %d: release failed (%s); it expires in %.0f s", shard, error, self.settings.lease_duration
+            )
+
+    def _notice_losses(self) -> None:
+        for shard in sorted(self.renewed):
+            if not self.owns_shard(shard):
+                self._drop(shard, f"not renewed within {self.settings.renew_deadline:.0f} s")
+
+    def _drop(self, shard: int, why: str) -> None:
+        if self.renewed.pop(shard, None) is None:
+            return
+        log.info("shard %d lost: %s (holding %s)", shard, why, sorted(self.renewed))
+        if self.on_lost is not None:
+            self.on_lost(shard, why)
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,91 @@
+"""The election's Leases (``coordination.k8s.io/v1``) in the operator's namespace."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from schedulezero_operator import election
+
+MEMBER_LABEL = "schedulezero.io/member"
+"""On the replicas' heartbeat Leases, so they can be listed apart from the shards'."""
+SHARD_LABEL = "schedulezero.io/shard"
+
+
+class KubeLeases:
+    """``election.LeaseStore`` on the Kubernetes API."""
+
+    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str) -> None:
+        self._api = k8s.CoordinationV1Api(api_client)
+        self.namespace = namespace
+        self._prefix = prefix
+
+    async def get(self, name: str) -> election.LeaseRecord | None:
+        try:
+            lease = await self._api.read_namespaced_lease(name, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _record(lease)
+
+    async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
+        try:
+            return _record(await self._api.create_namespaced_lease(self.namespace, self._lease(name, record)))
+        except ApiException as error:
+            if error.status == 409:
+                raise election.Conflict(name) from None
+            raise
+
+    async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
+        lease = self._lease(name, record)
+        lease.metadata.resource_version = record.version  # the precondition: fails if it moved on since
+        try:
+            return _record(await self._api.replace_namespaced_lease(name, self.namespace, lease))
+        except ApiException as error:
+            if error.status == 409:
+                raise election.Conflict(name) from None
+            raise
+
+    def _lease(self, name: str, record: election.LeaseRecord) -> k8s.V1Lease:
+        member = name.startswith(f"{self._prefix}-member-")
+        labels = {MEMBER_LABEL: "true"} if member else {SHARD_LABEL: "true"}
+        return k8s.V1Lease(
+            metadata=k8s.V1ObjectMeta(name=name, namespace=self.namespace, labels=labels), spec=_spec(record)
+        )
+
+    async def members(self) -> dict[str, election.LeaseRecord]:
+        leases = await self._api.list_namespaced_lease(self.namespace, label_selector=f"{MEMBER_LABEL}=true")
+        return {lease.metadata.name: _record(lease) for lease in leases.items}
+
+    async def delete(self, name: str) -> None:
+        try:
+            await self._api.delete_namespaced_lease(name, self.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def _spec(record: election.LeaseRecord) -> k8s.V1LeaseSpec:
+    renewed = datetime.datetime.fromisoformat(record.renewed) if record.renewed else None
+    return k8s.V1LeaseSpec(
+        holder_identity=record.holder or None,
+        lease_duration_seconds=max(1, round(record.lease_duration)),
+        lease_transitions=record.transitions,
+        renew_time=renewed,
+    )
+
+
+def _record(lease: Any) -> election.LeaseRecord:
+    spec = lease.spec
+    renewed = spec.renew_time
+    return election.LeaseRecord(
+        holder=spec.holder_identity or None,
+        lease_duration=float(spec.lease_duration_seconds or 15),
+        transitions=int(spec.lease_transitions or 0),
+        renewed=renewed.isoformat() if isinstance(renewed, datetime.datetime) else str(renewed or ""),
+        version=str(lease.metadata.resource_version),
+    )

@@ -1,0 +1,242 @@
+"""Sharded election: the decisions, on a clock the test moves, over Leases kept in memory with the
+API server's optimistic concurrency (a write must name the resourceVersion it read).
+
+The same Elector runs against the real API server in tests/e2e/test_ha.py."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from schedulezero_operator import election
+
+SETTINGS = election.ElectionSettings(shards=4, lease_duration=15, renew_deadline=10, retry_period=2)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MemoryLeases:
+    """Leases with resourceVersions: an update naming an old version fails, as it does in Kubernetes."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, election.LeaseRecord] = {}
+        self.member_names: set[str] = set()
+        self.versions = 0
+        self.down: set[str] = set()
+        """Identities whose requests fail, as if cut off from the API server."""
+        self.caller = ""
+
+    def _check(self) -> None:
+        if self.caller in self.down:
+            raise ConnectionError("API server unreachable")
+
+    def _stored(self, record: election.LeaseRecord) -> election.LeaseRecord:
+        self.versions += 1
+        return dataclasses.replace(record, version=str(self.versions))
+
+    async def get(self, name: str) -> election.LeaseRecord | None:
+        self._check()
+        return self.leases.get(name)
+
+    async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
+        self._check()
+        if name in self.leases:
+            raise election.Conflict(name)
+        if member:
+            self.member_names.add(name)
+        self.leases[name] = self._stored(record)
+        return self.leases[name]
+
+    async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
+        self._check()
+        if name not in self.leases or self.leases[name].version != record.version:
+            raise election.Conflict(name)
+        self.leases[name] = self._stored(record)
+        return self.leases[name]
+
+    async def members(self) -> dict[str, election.LeaseRecord]:
+        self._check()
+        return {name: self.leases[name] for name in self.member_names if name in self.leases}
+
+    async def delete(self, name: str) -> None:
+        self._check()
+        self.leases.pop(name, None)
+        self.member_names.discard(name)
+
+
+class Replica:
+    """An Elector whose requests the store attributes to it (for cutting it off)."""
+
+    def __init__(self, store: MemoryLeases, clock: Clock, identity: str) -> None:
+        self.store = store
+        self.events: list[tuple[str, int]] = []
+        self.elector = election.Elector(
+            store,
+            identity=identity,
+            settings=SETTINGS,
+            clock=clock,
+            on_acquired=lambda shard: self.events.append(("acquired", shard)),
+            on_lost=lambda shard, why: self.events.append(("lost", shard)),
+        )
+
+    async def round(self) -> None:
+        self.store.caller = self.elector.identity
+        await self.elector.round()
+
+    async def stop(self) -> None:
+        self.store.caller = self.elector.identity
+        await self.elector.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> MemoryLeases:
+    return MemoryLeases()
+
+
+async def rounds(replicas: list[Replica], clock: Clock, count: int) -> None:
+    for _ in range(count):
+        for replica in replicas:
+            await replica.round()
+        clock.now += SETTINGS.retry_period
+
+
+def holders(replicas: list[Replica]) -> dict[str, list[int]]:
+    return {r.elector.identity: r.elector.held() for r in replicas}
+
+
+def test_shards_are_stable_across_processes_and_spread_evenly() -> None:
+    names = [f"ns{i % 7}/schedule-{i}" for i in range(10_000)]
+    script = (
+        "import sys; from schedulezero_operator import election\n"
+        "print([election.shard_of(*n.split('/'), 8) for n in sys.argv[1:]])"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script, *names[:50]],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert runs[0] == runs[1] == f"{[election.shard_of(*n.split('/'), 8) for n in names[:50]]}\n"
+    counts = collections.Counter(election.shard_of(*n.split("/"), 8) for n in names)
+    assert sorted(counts) == list(range(8))
+    assert all(abs(count - 1250) < 1250 * 0.1 for count in counts.values()), counts
+
+
+async def test_one_replica_takes_every_shard(store: MemoryLeases, clock: Clock) -> None:
+    alone = Replica(store, clock, "a")
+    await rounds([alone], clock, 1)
+    assert alone.elector.held() == [0, 1, 2, 3]
+    assert alone.elector.owns("default", "anything")
+
+
+async def test_replicas_share_the_shards_and_a_joiner_gets_its_share(store: MemoryLeases, clock: Clock) -> None:
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a], clock, 1)
+    assert a.elector.held() == [0, 1, 2, 3]
+    await rounds([a, b], clock, 3)  # a sees b's heartbeat, gives up its excess; b takes it
+    assert holders([a, b]) == {"a": [0, 1], "b": [2, 3]}
+    c = Replica(store, clock, "c")
+    await rounds([a, b, c], clock, 3)
+    shares = holders([a, b, c])
+    assert max(len(held) for held in shares.values()) == 2  # ceil(4 / 3)
+    assert sorted(s for held in shares.values() for s in held) == [0, 1, 2, 3]
+    await a.stop()
+    await rounds([b, c], clock, 2)
+    assert sorted(len(held) for held in holders([b, c]).values()) == [2, 2]
+
+
+async def test_expiry_is_judged_on_the_candidates_own_clock(store: MemoryLeases, clock: Clock) -> None:
+    """A holder's timestamps may come from a clock far off: only the time since a change was seen counts."""
+    store.leases["schedulezero-shard-0"] = election.LeaseRecord(
+        holder="gone", lease_duration=15, renewed="1999-01-01T00:00:00Z", version="7"
+    )
+    candidate = Replica(store, clock, "c")
+    await candidate.round()
+    assert 0 not in candidate.elector.held()  # first seen now: it may still be renewed
+    clock.now += 14
+    await candidate.round()
+    assert 0 not in candidate.elector.held()
+    clock.now += 2  # 16 s without a change, on the candidate's clock
+    await candidate.round()
+    assert 0 in candidate.elector.held()
+    assert store.leases["schedulezero-shard-0"].transitions == 1
+
+
+async def test_a_renewed_lease_is_not_taken_however_old_its_timestamps(store: MemoryLeases, clock: Clock) -> None:
+    holder, candidate = Replica(store, clock, "h"), Replica(store, clock, "c")
+    await rounds([holder], clock, 1)
+    for _ in range(20):  # 40 s: the holder renews every round, so the candidate never sees it stand still
+        await rounds([holder, candidate], clock, 1)
+    assert store.leases["schedulezero-shard-0"].holder == "h"
+    assert sum(len(held) for held in holders([holder, candidate]).values()) == 4
+
+
+async def test_two_candidates_for_one_shard_cannot_both_win(store: MemoryLeases, clock: Clock) -> None:
+    """Both read the same free Lease; the second write names a version that is gone, and fails."""
+    first, second = Replica(store, clock, "a"), Replica(store, clock, "b")
+    store.leases["schedulezero-shard-0"] = election.LeaseRecord(holder=None, lease_duration=15, version="seed")
+    read = store.leases["schedulezero-shard-0"]
+    store.caller = "a"
+    await first.elector._try_acquire(0)
+    store.caller = "b"
+    with pytest.raises(election.Conflict):
+        await store.update("schedulezero-shard-0", dataclasses.replace(read, holder="b"))
+    await second.elector._try_acquire(0)
+    assert (first.elector.held(), second.elector.held()) == ([0], [])
+    assert store.leases["schedulezero-shard-0"].holder == "a"
+
+
+async def test_a_cut_off_holder_stops_before_anyone_can_take_over(store: MemoryLeases, clock: Clock) -> None:
+    holder, other = Replica(store, clock, "h"), Replica(store, clock, "o")
+    await rounds([holder], clock, 1)
+    await rounds([holder, other], clock, 3)
+    taken_by_holder = holder.elector.held()
+    assert taken_by_holder
+    store.down.add("h")
+    cut_at = clock.now
+    fenced_at = taken_at = None
+    while taken_at is None:
+        clock.now += 0.5
+        if fenced_at is None and not holder.elector.owns_shard(taken_by_holder[0]):
+            fenced_at = clock.now
+        if int(clock.now * 2) % 4 == 0:  # a round every 2 s for both; the holder's requests all fail
+            await holder.round()
+            await other.round()
+        if taken_by_holder[0] in other.elector.held():
+            taken_at = clock.now
+    assert fenced_at is not None
+    assert fenced_at - cut_at <= SETTINGS.renew_deadline + 2  # its last renew was at most a round before the cut
+    assert taken_at - fenced_at >= SETTINGS.lease_duration - SETTINGS.renew_deadline - 2
+    assert taken_at > fenced_at  # never two owners at once
+
+
+async def test_a_stopped_replica_hands_its_shards_over_at_the_next_round(store: MemoryLeases, clock: Clock) -> None:
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a, b], clock, 4)
+    leaving = a.elector.held()
+    assert leaving
+    await a.stop()
+    assert a.elector.held() == []
+    assert ("lost", leaving[0]) in a.events
+    await rounds([b], clock, 1)  # no lease duration to wait: the holder is empty
+    assert b.elector.held() == [0, 1, 2, 3]
