@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import pathlib
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,8 +17,8 @@ import sys
 import tempfile
 
 from schedulezero_handler.cli import Subparsers
+from schedulezero_operator import election, local
 from schedulezero_operator import engine as engine_
-from schedulezero_operator import local
 from schedulezero_operator.metrics import OperatorMetrics
 
 DEFAULT_METRICS_PORT = 9464
@@ -162,7 +165,8 @@ def register_kubernetes(subparsers: Subparsers) -> None:
     operator = subparsers.add_parser(
         "operator",
         help="run the Kubernetes operator",
-        description="Watch Schedules and Handlers and run the Schedules. One replica is the supported shape.",
+        description="Watch Schedules and Handlers and run the Schedules. Replicas share the Schedules by shard, "
+        "each shard a Lease held by one replica at a time.",
     )
     scope = operator.add_mutually_exclusive_group(required=True)
     scope.add_argument("--namespace", "-n", action="append", metavar="NS", help="watch this namespace (repeatable)")
@@ -178,6 +182,7 @@ def register_kubernetes(subparsers: Subparsers) -> None:
     )
     operator.add_argument("--probe-interval", type=float, default=30.0, help="seconds between probes of each Handler")
     operator.add_argument("--event-interval", type=float, default=60.0, help="seconds between like Events per object")
+    _election_arguments(operator)
     operator.set_defaults(func=_run_operator)
 
     run_now = subparsers.add_parser(
@@ -189,6 +194,26 @@ def register_kubernetes(subparsers: Subparsers) -> None:
     run_now.add_argument("--namespace", "-n", default=None, help="namespace (default: the kubeconfig's)")
     run_now.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
     run_now.set_defaults(func=_run_now)
+
+
+def _election_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = election.ElectionSettings()
+    group = parser.add_argument_group("high availability (client-go's leader election, per shard)")
+    group.add_argument("--shards", type=int, default=defaults.shards, help="Leases the Schedules are split across")
+    group.add_argument("--lease-duration", type=float, default=defaults.lease_duration, help="seconds (default 15)")
+    group.add_argument("--renew-deadline", type=float, default=defaults.renew_deadline, help="seconds (default 10)")
+    group.add_argument("--retry-period", type=float, default=defaults.retry_period, help="seconds (default 2)")
+    group.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "schedulezero-system"),
+        help="namespace of the Leases and checkpoints (default: POD_NAMESPACE, else schedulezero-system)",
+    )
+    group.add_argument("--lease-prefix", default=defaults.prefix, help="name prefix of the Leases and checkpoints")
+    group.add_argument(
+        "--identity",
+        default=f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}".lower(),
+        help="this replica's name in the Leases (default: POD_NAME or the host name, and a random suffix)",
+    )
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -203,7 +228,23 @@ def _run_operator(args: argparse.Namespace) -> int:
         probe_interval=args.probe_interval,
         event_interval=args.event_interval,
         metrics_port=args.metrics_port or None,
+        identity=args.identity,
+        lease_namespace=args.lease_namespace,
     )
+    try:
+        config = dataclasses.replace(
+            config,
+            ha=election.ElectionSettings(
+                shards=args.shards,
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+                prefix=args.lease_prefix,
+            ),
+        )
+    except ValueError as error:
+        print(f"schedulezero: {error}", file=sys.stderr)
+        return 2
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     asyncio.run(
         kopf.operator(

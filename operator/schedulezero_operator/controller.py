@@ -5,7 +5,13 @@ initial listing after a start restores every Schedule from its status and
 catches up, a status write of our own comes back as an event that changes
 nothing, and a deletion stops future runs. No handler needs a finalizer or
 kopf's progress annotations, so deleting a Schedule never waits for the
-operator, and the operator writes nothing but status and Events.
+operator, and the operator writes nothing but status and Events on
+Schedules and Handlers (and, for the election, its own Leases and checkpoint
+ConfigMaps in its namespace).
+
+Several replicas share the work by shard (``election``): each watches
+everything and keeps every Schedule's trigger warm, and acts (fires, writes
+status, probes, posts Events) only for the shards whose Leases it holds.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
 from schedulezero_handler import security
+from schedulezero_operator import checkpoints, election, kubeapi, leases, probe, status
 from schedulezero_operator import engine as engine_
-from schedulezero_operator import kubeapi, probe, status
-from schedulezero_operator.metrics import OperatorMetrics
+from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,12 @@ class ControllerSettings:
     """Port of ``/metrics``; None serves none."""
     watch_timeout: int = 300
     """Seconds a watch request lasts before kopf renews it (server side); the client gives up a bit later."""
+    ha: election.ElectionSettings = dataclasses.field(default_factory=election.ElectionSettings)
+    """Shards and Lease timing."""
+    identity: str = "schedulezero-operator"
+    """This replica's name in the Leases: the pod name and a random suffix."""
+    lease_namespace: str = "schedulezero-system"
+    """Where the Leases and checkpoints live: the operator's own namespace."""
 
 
 @dataclasses.dataclass
@@ -58,11 +70,20 @@ class Runtime:
     engine: engine_.Engine
     events: kubeapi.EventRecorder
     prober: probe.Prober
+    elector: election.Elector
+    checkpointer: checkpoints.Checkpointer
+    ha_metrics: HaMetrics
     uids: dict[tuple[str, str, str], str]
     """(kind, namespace, name) -> uid, for Events about objects."""
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Last Handler status written, by namespace/name."""
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    taking_over: set[int] = dataclasses.field(default_factory=set)
+    """Shards acquired whose checkpoints are still being read: nothing of them fires yet."""
+
+    def owns(self, namespace: str, name: str) -> bool:
+        shard = election.shard_of(namespace, name, self.elector.settings.shards)
+        return shard not in self.taking_over and self.elector.owns_shard(shard)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -117,8 +138,12 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
+        # A graceful handover: stop firing and let runs finish, checkpoint, then release the Leases
+        # (renewed until then), so that others take over at their next round rather than at expiry.
         await runtime.prober.stop()
         await runtime.engine.stop()
+        await runtime.checkpointer.stop()
+        await runtime.elector.stop()
         await runtime.events.stop()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
         await runtime.client.close()
@@ -133,8 +158,10 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         key = ScheduleKey(namespace, name)
         if event["type"] == "DELETED":
             runtime.engine.remove_schedule(key)
+            runtime.checkpointer.forget(key)
             runtime.uids.pop(("Schedule", namespace, name), None)
             return
+        runtime.checkpointer.track(key)
         meta = body["metadata"]
         runtime.uids["Schedule", namespace, name] = meta["uid"]
         runtime.engine.apply_schedule(
@@ -146,7 +173,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             status_=copy.deepcopy(dict(body.get("status") or {})),
         )
         token = (meta.get("annotations") or {}).get(kubeapi.RUN_NOW_ANNOTATION)
-        if token:
+        if token and runtime.owns(namespace, name):
             runtime.engine.run_now(key, str(token))
 
     @kopf.on.event(GROUP, VERSION, "handlers", id="handlers", registry=registry)
@@ -177,25 +204,91 @@ async def _start(config: ControllerSettings) -> Runtime:
     api = kubeapi.Api(await kubeapi.connect())
     client = client_.Client()
     metrics = OperatorMetrics()
-    if config.metrics_port:
-        metrics.serve(port=config.metrics_port)
     events = kubeapi.EventRecorder(api, interval=config.event_interval)
     uids: dict[tuple[str, str, str], str] = {}
+    shards = config.ha.shards
+    elector = election.Elector(
+        leases.KubeLeases(api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix),
+        identity=config.identity,
+        settings=config.ha,
+    )
+    checkpointer = checkpoints.Checkpointer(
+        checkpoints.KubeCheckpoints(api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix),
+        progress=lambda key: runtime.engine.progress(key),
+        shard_of=lambda key: election.shard_of(key.namespace, key.name, shards),
+        owns_shard=lambda shard: shard not in runtime.taking_over and elector.owns_shard(shard),
+        on_write=lambda shard, size: _checkpointed(runtime, shard, size),
+    )
     engine = engine_.Engine(
         client=client,
         status_sink=kubeapi.ScheduleStatusSink(api),
         events=_EngineEvents(uids, events),
         metrics=metrics,
         settings=engine_.EngineSettings(status_interval=config.status_interval, startup_grace=10.0),
+        owner=lambda key: runtime.owns(key.namespace, key.name),
+        on_progress=checkpointer.changed,
     )
     prober = probe.Prober(
-        client, interval=config.probe_interval, on_result=lambda name, result: _probed(runtime, name, result)
+        client,
+        interval=config.probe_interval,
+        on_result=lambda name, result: _probed(runtime, name, result),
+        owns=lambda handler: runtime.owns(*handler.split("/", 1)),
     )
-    runtime = Runtime(api=api, client=client, engine=engine, events=events, prober=prober, uids=uids)
+    runtime = Runtime(
+        api=api,
+        client=client,
+        engine=engine,
+        events=events,
+        prober=prober,
+        elector=elector,
+        checkpointer=checkpointer,
+        ha_metrics=metrics.track_election(elector),
+        uids=uids,
+    )
+    elector.on_acquired = lambda shard: _acquired(runtime, shard)
+    elector.on_lost = lambda shard, why: _lost(runtime, shard, why)
+    if config.metrics_port:
+        metrics.serve(port=config.metrics_port)
     events.start()
     await runtime.engine.start()
     runtime.prober.start()
+    checkpointer.start()
+    elector.start()
+    log.info(
+        "operator %s: %d shards, Leases %s-shard-N in %s",
+        config.identity, shards, config.ha.prefix, config.lease_namespace,
+    )  # fmt: skip
     return runtime
+
+
+def _acquired(runtime: Runtime, shard: int) -> None:
+    """A shard is ours: nothing of it fires until its checkpoint is read and its Schedules caught up."""
+    runtime.taking_over.add(shard)
+    runtime.ha_metrics.transitions.labels("acquired").inc()
+    runtime.spawn(_take_over(runtime, shard))
+
+
+async def _take_over(runtime: Runtime, shard: int) -> None:
+    try:
+        progress = await runtime.checkpointer.load(shard)
+    except Exception as error:  # status alone then says where each Schedule got to
+        log.warning("checkpoint of shard %d unreadable (%s); catching up from status", shard, error)
+        progress = {}
+    finally:
+        runtime.taking_over.discard(shard)
+    keys = runtime.checkpointer.keys(shard)
+    runtime.engine.take_over(keys, progress)
+    log.info("shard %d: took over %d Schedules (holding %s)", shard, len(keys), runtime.elector.held())
+
+
+def _lost(runtime: Runtime, shard: int, why: str) -> None:
+    runtime.ha_metrics.transitions.labels("lost").inc()
+    log.info("shard %d no longer ours (%s): its Schedules fire elsewhere", shard, why)
+
+
+def _checkpointed(runtime: Runtime, shard: int, size: int) -> None:
+    runtime.ha_metrics.checkpoint_writes.labels(str(shard)).inc()
+    runtime.ha_metrics.checkpoint_size.labels(str(shard)).set(size)
 
 
 async def _curve(runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]) -> security.CurveClient | None:
@@ -235,6 +328,8 @@ def _probed(runtime: Runtime, qualified: str, result: probe.ProbeResult) -> None
     }
     names = frozenset(m["name"] for m in methods) if (reachable or previous) else None
     runtime.engine.set_handler(namespace, name, engine_.HandlerInfo(result.endpoint, names))
+    if not runtime.owns(namespace, name):  # lost its shard while probing
+        return
     if not reachable and previous.get("state") != "Unreachable":
         ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
         runtime.events.record(

@@ -6,6 +6,12 @@ same way (``set_handler``, ``apply_schedule``, ``remove_schedule``,
 ``AsyncIOScheduler`` is only the timer: it wakes the engine at the times the
 triggers compute and hands over the nominal times through a small executor;
 every decision (missed, skipped, replaced, retried) is the engine's.
+
+With several operator replicas, every engine knows every Schedule (a warm
+standby: triggers parsed, timers running) but acts only for those it owns now,
+as ``owner`` says, checked before every fire, status write and Event. Taking a
+Schedule over (``take_over``) is a catch-up, as after a restart, from the newer
+of its status and the progress its previous owner checkpointed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
@@ -50,6 +57,16 @@ class EngineSettings:
     startup_grace: float = 0.0
     """After start, how long a run waits for its Handler to be seen. The operator sets it: watches
     deliver Schedules and Handlers in no fixed order, so a catch-up run may come before its Handler."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far a Schedule got, for a checkpoint: what a new owner must not miss nor run twice."""
+
+    last_scheduled: datetime.datetime | None
+    """The latest nominal time started (or judged missed or skipped)."""
+    in_flight: tuple[datetime.datetime, ...] = ()
+    """Nominal times of scheduled runs still in flight: a new owner re-sends them under the same run ids."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +130,14 @@ class Engine:
         observer: sinks.RunObserver | None = None,
         metrics: OperatorMetrics | None = None,
         settings: EngineSettings | None = None,
+        owner: Callable[[ScheduleKey], bool] | None = None,
+        on_progress: Callable[[ScheduleKey], None] | None = None,
     ) -> None:
         self.client = client
+        self._owns = owner or _always
+        """Whether this engine acts for a Schedule now (its shard's Lease is held and fresh)."""
+        self._on_progress = on_progress
+        """Told when a Schedule's Progress changes, for checkpoints."""
         self.settings = settings or EngineSettings()
         self.metrics = metrics or OperatorMetrics()
         self._events = events
@@ -204,6 +227,8 @@ class Engine:
             self._schedules[key] = state
         elif state.spec == spec:
             state.generation = generation
+            if status_ is not None and not self._owns(key):  # a standby follows what the owner wrote
+                state.history = status.History.restore(status_)
             return state.invalid
         was_suspended = state.suspended
         self._index(state, spec)
@@ -224,7 +249,10 @@ class Engine:
         if state.suspended:
             self._unschedule(state)
         else:
-            if (first_seen and state.history.last_schedule_time is not None) or (not first_seen and was_suspended):
+            resumed = (first_seen and state.history.last_schedule_time is not None) or (
+                not first_seen and was_suspended
+            )
+            if resumed and self._owns(key):
                 self._catch_up(state)
             self._schedule_next(state, after=utcnow())
         self._refresh(state)
@@ -250,11 +278,44 @@ class Engine:
         self._writer.mark(key)
         return True
 
+    def take_over(self, keys: list[ScheduleKey], checkpoint: dict[str, Progress]) -> None:
+        """This engine now owns ``keys`` (a shard acquired): catches each up as after a restart.
+
+        It starts from the newer of the Schedule's status and ``checkpoint``
+        (Progress by Schedule uid), and runs again, under the same run ids, the
+        runs either shows in flight.
+        """
+        for key in keys:
+            state = self._schedules.get(key)
+            if state is None or not self._owns(key):
+                continue
+            progress = checkpoint.get(state.uid)
+            if progress is not None:
+                last = state.history.last_schedule_time
+                if progress.last_scheduled is not None and (last is None or progress.last_scheduled > last):
+                    state.history.last_schedule_time = progress.last_scheduled
+                state.history.unfinished = sorted({*state.history.unfinished, *progress.in_flight})
+            if state.invalid is not None:  # a new owner reports what its predecessor (or nobody yet) did
+                self._event(key, warning=True, reason="InvalidSchedule", message=state.invalid)
+            elif state.trigger is not None and not state.suspended:
+                self._catch_up(state)
+                self._schedule_next(state, after=utcnow())
+            self._refresh(state)
+
+    def progress(self, key: ScheduleKey) -> tuple[str, Progress] | None:
+        """The Schedule's uid and Progress, for its shard's checkpoint."""
+        state = self._schedules.get(key)
+        if state is None:
+            return None
+        in_flight = tuple(run.nominal for run in state.active.values() if run.id == runs.run_id(state.uid, run.nominal))
+        return state.uid, Progress(state.history.last_schedule_time, in_flight)
+
     # -- outputs ------------------------------------------------------------------
 
     def render_status(self, key: ScheduleKey) -> dict[str, Any] | None:
+        """The status to write, or None: gone, or owned by another replica (which writes it)."""
         state = self._schedules.get(key)
-        if state is None:
+        if state is None or not self._owns(key):
             return None
         rendered = state.history.render()
         rendered["observedGeneration"] = state.generation
@@ -293,6 +354,8 @@ class Engine:
         if state is None or state.trigger is None:
             return
         state.next_run_time = state.trigger.next_after(run_times[-1])
+        if not self._owns(state.key):  # fenced: its owner fires it, or a new one catches up
+            return
         if state.next_run_time is not None:
             self.metrics.next_run.labels(namespace, name).set(state.next_run_time.timestamp())
         for nominal in run_times:
@@ -361,6 +424,7 @@ class Engine:
         if not manual:
             last = state.history.last_schedule_time
             state.history.last_schedule_time = nominal if last is None else max(last, nominal)
+            self._progressed(state.key)
         deadline = state.spec.get("startingDeadlineSeconds")
         if deadline is not None and not manual and (utcnow() - nominal).total_seconds() > deadline:
             self._record_unrun(state, nominal, status.Outcome.MISSED, f"not started within {deadline} s of its time")
@@ -399,7 +463,7 @@ class Engine:
         self, state: ScheduleState, nominal: datetime.datetime, *, run_id: uuid.UUID | None = None
     ) -> runs.Run | None:
         identity = run_id or runs.run_id(state.uid, nominal)
-        if identity in state.active:
+        if identity in state.active or not self._owns(state.key):
             return None
         following = state.trigger.next_after(nominal) if state.trigger is not None else None
         room = (following - nominal).total_seconds() if following is not None else None
@@ -416,6 +480,7 @@ class Engine:
         run.task = asyncio.get_running_loop().create_task(self._carry(state, run, self._plan(state)))
         state.active[identity] = run
         self._writer.mark(state.key)
+        self._progressed(state.key)
         return run
 
     def _plan(self, state: ScheduleState) -> runs.CallPlan:
@@ -454,6 +519,7 @@ class Engine:
             return None
         state.active.pop(run.id, None)
         if self._schedules.get(state.key) is state:  # not removed or re-created meanwhile
+            self._progressed(state.key)
             self._finish(state, record)
         return record
 
@@ -529,14 +595,24 @@ class Engine:
             self._by_handler[state.key.namespace, str(spec.get("handler"))].add(state.key)
 
     def _event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
+        if not self._owns(key):  # its owner reports it
+            return
         log.info("%s: %s: %s", key, reason, message)
         if self._events is not None:
             self._events.event(key, warning=warning, reason=reason, message=message)
+
+    def _progressed(self, key: ScheduleKey) -> None:
+        if self._on_progress is not None:
+            self._on_progress(key)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _always(key: ScheduleKey) -> bool:
+    return True
 
 
 def _missed_times(

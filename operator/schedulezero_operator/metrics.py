@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Iterator
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 import schedulezero_handler
+from schedulezero_operator import election
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -88,6 +92,51 @@ class OperatorMetrics:
         with contextlib.suppress(KeyError):
             self.run_duration.remove(namespace, schedule)
 
+    def track_election(self, elector: election.Elector) -> HaMetrics:
+        """Registers the metrics of sharded election and checkpoints."""
+        self.registry.register(_ElectionCollector(elector))
+        return HaMetrics(self.registry)
+
     def serve(self, *, port: int, address: str = "0.0.0.0") -> None:
         """Serves ``/metrics`` from a background thread."""
         prometheus_client.start_http_server(port, addr=address, registry=self.registry)
+
+
+class HaMetrics:
+    """What the election and the checkpoints count as they go."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.transitions = Counter(
+            "schedulezero_shard_transitions", "Shards this replica acquired or lost.", ["change"], registry=registry
+        )
+        self.checkpoint_writes = Counter(
+            "schedulezero_checkpoint_writes", "Checkpoint writes.", ["shard"], registry=registry
+        )
+        self.checkpoint_size = Gauge(
+            "schedulezero_checkpoint_size_bytes", "Size of the last checkpoint written.", ["shard"], registry=registry
+        )
+
+
+class _ElectionCollector(Collector):
+    """Shards held and the age of each one's last renew, read from the elector at scrape time."""
+
+    def __init__(self, elector: election.Elector) -> None:
+        self._elector = elector
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        elector = self._elector
+        held = GaugeMetricFamily("schedulezero_shards_held", "Shards this replica holds now.", labels=["identity"])
+        held.add_metric([elector.identity], len(elector.held()))
+        yield held
+        age = GaugeMetricFamily(
+            "schedulezero_shard_renew_age_seconds",
+            "Seconds since this replica last renewed each shard it holds; it stops acting at the renew deadline.",
+            labels=["shard"],
+        )
+        now = elector.clock()
+        for shard, renewed in sorted(elector.renewed.items()):
+            age.add_metric([str(shard)], now - renewed)
+        yield age
+        members = GaugeMetricFamily("schedulezero_replicas_live", "Operator replicas this one sees alive.")
+        members.add_metric([], elector.live_members)
+        yield members

@@ -58,8 +58,11 @@ class Prober:
         interval: float,
         on_result: Callable[[str, ProbeResult], None],
         timeout: float = 5.0,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._client = client
+        self._owns = owns
+        """Whether this replica probes a Handler (``namespace/name``) now: its shard's owner does."""
         self._interval = interval
         self._timeout = timeout
         self._on_result = on_result
@@ -102,6 +105,9 @@ class Prober:
 
     async def _loop(self, name: str, endpoint: str) -> None:
         while True:
+            if self._owns is not None and not self._owns(name):
+                await asyncio.sleep(min(self._interval, 1.0))  # taken over soon after its shard is
+                continue
             result = await probe(self._client, endpoint, timeout=self._timeout)
             try:
                 self._on_result(name, result)

@@ -168,7 +168,9 @@ def test_the_system_chart_installs_upgrades_and_uninstalls(
     handler = processes.start_handler("tests.support.handlers:ProbeHandler", tmp_path)
     operator_config = cluster.kubeconfig_for(f"{fullname}-operator", system, tmp_path / "operator-kubeconfig")
     conductor_config = cluster.kubeconfig_for(f"{fullname}-conductor", system, tmp_path / "conductor-kubeconfig")
-    operator = Operator(operator_config, tmp_path / "operator.log", "--namespace", namespace).start()
+    operator = Operator(
+        operator_config, tmp_path / "operator.log", "--namespace", namespace, extra=("--lease-namespace", system)
+    ).start()
     scraper = conductor.start_conductor(tmp_path, "--namespace", namespace, env={"KUBECONFIG": str(conductor_config)})
     try:
         documents = [

@@ -227,7 +227,10 @@ def test_sigkill_and_restart_catch_up_without_double_runs(
     eventually(lambda: succeeded(get(cluster, namespace, "sched", "crash")["status"]) >= 3)
     first.stop(signal.SIGKILL)
     time.sleep(3.0)
-    second = Operator(operator_kubeconfig, tmp_path / "second.log", "--namespace", namespace).start()
+    # The same Leases: it takes the shard over once the killed one's Lease expires, and catches up.
+    second = Operator(
+        operator_kubeconfig, tmp_path / "second.log", "--namespace", namespace, lease_prefix=first.lease_prefix
+    ).start()
     try:
         before = len(ticks(probe_handler, namespace, "crash"))
         eventually(lambda: len(ticks(probe_handler, namespace, "crash")) >= before + 6)
@@ -341,6 +344,13 @@ def test_the_namespaced_rbac_variant_is_enough(
         if document["kind"] == "RoleBinding" and document["metadata"]["name"] == "schedulezero-operator":
             document["subjects"][0]["name"] = account
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(documents))
+    election = list(yaml.safe_load_all((MANIFESTS / "rbac" / "election.yaml").read_text()))
+    for document in election:  # a Role in the operator's own namespace only: it still elects
+        document["metadata"]["name"] = f"{account}-election"
+        if document["kind"] == "RoleBinding":
+            document["roleRef"]["name"] = f"{account}-election"
+            document["subjects"][0]["name"] = account
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(election))
     kubeconfig = cluster.kubeconfig_for(account, "schedulezero-system", tmp_path / "kubeconfig")
 
     operator = Operator(kubeconfig, tmp_path / "operator.log", "--namespace", namespace).start()

@@ -1,0 +1,249 @@
+"""Progress checkpoints: one ConfigMap per shard, so a failover neither misses nor repeats runs.
+
+Status is written at most every few seconds per Schedule (and, under an API
+budget, later still), so it cannot say exactly how far a Schedule got. Each
+shard's owner keeps a checkpoint: for every Schedule of the shard, the last
+nominal time started and the scheduled runs in flight, written about once a
+second while anything changes. Its cost is one write per shard per second,
+however many Schedules there are. A new owner starts from the newer of a
+Schedule's status and its checkpoint, and re-sends the runs in flight under
+the same run ids, which a handler answers from its reply cache.
+
+Size: an entry is about 60 bytes (a uid and a millisecond timestamp), so one
+checkpoint stays under the API server's 1 MiB object limit up to about 15,000
+Schedules per shard; with 10,000 Schedules per shard it is about 600 KB. A
+checkpoint that would exceed ``MAX_SIZE`` is not written, and says so loudly
+(an ERROR log line and ``schedulezero_checkpoint_oversized``): use more shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from schedulezero_operator import election, engine
+from schedulezero_operator.sinks import ScheduleKey
+
+log = logging.getLogger(__name__)
+
+MAX_SIZE = 900 * 1024
+"""Largest checkpoint written; the API server refuses objects above 1 MiB, metadata included."""
+KEY = "progress.json"
+
+
+def encode(progress: dict[str, engine.Progress]) -> str:
+    entries = {
+        uid: [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight]] if p.in_flight else [_ms(p.last_scheduled)]
+        for uid, p in sorted(progress.items())
+        if p.last_scheduled is not None or p.in_flight
+    }
+    return json.dumps({"version": 1, "schedules": entries}, separators=(",", ":"))
+
+
+def decode(text: str | None) -> dict[str, engine.Progress]:
+    """The Progress a checkpoint holds; an unreadable one holds nothing (status still does)."""
+    try:
+        entries = json.loads(text or "{}").get("schedules", {})
+        return {
+            uid: engine.Progress(
+                None if entry[0] is None else _time(entry[0]),
+                tuple(_time(t) for t in (entry[1] if len(entry) > 1 else [])),
+            )
+            for uid, entry in entries.items()
+        }
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        log.warning("unreadable checkpoint ignored")
+        return {}
+
+
+def merge(*sources: dict[str, engine.Progress]) -> dict[str, engine.Progress]:
+    """Per Schedule, the latest time from any source and every run in flight in any."""
+    merged: dict[str, engine.Progress] = {}
+    for source in sources:
+        for uid, progress in source.items():
+            known = merged.get(uid)
+            if known is None:
+                merged[uid] = progress
+                continue
+            times = [t for t in (known.last_scheduled, progress.last_scheduled) if t is not None]
+            merged[uid] = engine.Progress(
+                max(times) if times else None, tuple(sorted({*known.in_flight, *progress.in_flight}))
+            )
+    return merged
+
+
+def _ms(moment: datetime.datetime | None) -> int | None:
+    return None if moment is None else round(moment.timestamp() * 1000)
+
+
+def _time(ms: Any) -> datetime.datetime:
+    if not isinstance(ms, int):
+        raise TypeError("timestamp")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+
+
+class CheckpointStore(Protocol):
+    async def read(self, shard: int) -> tuple[str | None, str]:
+        """(content or None, resourceVersion or "")."""
+
+    async def write(self, shard: int, content: str, version: str) -> str:
+        """Creates or replaces (when ``version`` still holds); raises election.Conflict otherwise."""
+
+
+class Checkpointer:
+    """Writes the checkpoints of the shards this replica owns, about once a second while they change."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        progress: Callable[[ScheduleKey], tuple[str, engine.Progress] | None],
+        shard_of: Callable[[ScheduleKey], int],
+        owns_shard: Callable[[int], bool],
+        interval: float = 1.0,
+        on_write: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._progress = progress
+        self._shard_of = shard_of
+        self._owns_shard = owns_shard
+        self._interval = interval
+        self._on_write = on_write
+        self._members: defaultdict[int, set[ScheduleKey]] = defaultdict(set)
+        self._shards: dict[ScheduleKey, int] = {}
+        self._dirty: set[int] = set()
+        self._versions: dict[int, str] = {}
+        self._loaded: dict[int, dict[str, engine.Progress]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.oversized: set[int] = set()
+
+    def track(self, key: ScheduleKey) -> None:
+        if key not in self._shards:
+            shard = self._shards[key] = self._shard_of(key)
+            self._members[shard].add(key)
+
+    def forget(self, key: ScheduleKey) -> None:
+        shard = self._shards.pop(key, None)
+        if shard is not None:
+            self._members[shard].discard(key)
+            self._dirty.add(shard)
+
+    def changed(self, key: ScheduleKey) -> None:
+        self.track(key)
+        self._dirty.add(self._shards[key])
+
+    def keys(self, shard: int) -> list[ScheduleKey]:
+        return sorted(self._members.get(shard, ()))
+
+    async def load(self, shard: int) -> dict[str, engine.Progress]:
+        """The shard's checkpoint, read when the shard is acquired."""
+        content, version = await self._store.read(shard)
+        self._versions[shard] = version
+        self._loaded[shard] = decode(content)
+        return self._loaded[shard]
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stops, writing the owned shards' last changes first (a graceful handover)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        for shard in sorted(self._dirty):
+            if not self._owns_shard(shard):
+                continue
+            self._dirty.discard(shard)
+            try:
+                await self._write(shard)
+            except Exception as error:
+                log.warning("checkpoint of shard %d not written (%s); retrying", shard, error)
+                self._dirty.add(shard)
+
+    async def _write(self, shard: int) -> None:
+        progress: dict[str, engine.Progress] = {}
+        for key in self.keys(shard):
+            entry = self._progress(key)
+            if entry is not None:
+                progress[entry[0]] = entry[1]
+        content = encode(merge(self._loaded.get(shard, {}), progress))
+        if len(content) > MAX_SIZE:
+            if shard not in self.oversized:
+                log.error(
+                    "checkpoint of shard %d is %d bytes, above the %d an object may hold: not written; "
+                    "failovers fall back on status (use more --shards)",
+                    shard, len(content), MAX_SIZE,
+                )  # fmt: skip
+            self.oversized.add(shard)
+            return
+        self.oversized.discard(shard)
+        if not self._owns_shard(shard):  # fenced while rendering: the new owner writes it
+            return
+        try:
+            self._versions[shard] = await self._store.write(shard, content, self._versions.get(shard, ""))
+        except election.Conflict:
+            # Written meanwhile (a late write of a previous owner): keep the newest of both, next round.
+            theirs, self._versions[shard] = await self._store.read(shard)
+            self._loaded[shard] = merge(self._loaded.get(shard, {}), decode(theirs))
+            self._dirty.add(shard)
+            return
+        self._loaded[shard] = {}
+        if self._on_write is not None:
+            self._on_write(shard, len(content))
+
+
+class KubeCheckpoints:
+    """``CheckpointStore`` on ConfigMaps in the operator's namespace."""
+
+    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str) -> None:
+        self._api = k8s.CoreV1Api(api_client)
+        self.namespace = namespace
+        self._prefix = prefix
+
+    def _name(self, shard: int) -> str:
+        return f"{self._prefix}-checkpoint-{shard}"
+
+    async def read(self, shard: int) -> tuple[str | None, str]:
+        try:
+            config_map = await self._api.read_namespaced_config_map(self._name(shard), self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None, ""
+            raise
+        return (config_map.data or {}).get(KEY), str(config_map.metadata.resource_version)
+
+    async def write(self, shard: int, content: str, version: str) -> str:
+        name = self._name(shard)
+        body = k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(
+                name=name, namespace=self.namespace, labels={"schedulezero.io/checkpoint": "true"}
+            ),
+            data={KEY: content},
+        )
+        try:
+            if not version:
+                written = await self._api.create_namespaced_config_map(self.namespace, body)
+            else:
+                body.metadata.resource_version = version
+                written = await self._api.replace_namespaced_config_map(name, self.namespace, body)
+        except ApiException as error:
+            if error.status == 409:
+                raise election.Conflict(name) from None
+            raise
+        return str(written.metadata.resource_version)
