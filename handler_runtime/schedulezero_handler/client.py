@@ -116,15 +116,18 @@ class _Connection:
     def _reply(self, frames: list[bytes]) -> None:
         try:
             kind, call_id, _, body = protocol.split(frames, max_size=self.max_reply_size)
-            reply = protocol.decode_reply(kind, call_id, body)
-            protocol.check_json(reply.value, "result")  # msgpack carries more than JSON: bytes, integer keys
-        except TypeError as error:
-            reply = protocol.Reply(call_id, error=errors.InvalidResult(f"from {self.endpoint}: {error}"))
-        except protocol.ProtocolError as error:
+        except protocol.ProtocolError as error:  # no call id to fail: nobody is waiting for it
             log.warning("dropping a malformed reply from %s: %s", self.endpoint, error)
             return
         except errors.CallError as error:  # about one call (too large, unknown kind): that call fails
-            call_id, reply = bytes(frames[2]), protocol.Reply(bytes(frames[2]), error=error)
+            call_id = bytes(frames[2])
+            reply = protocol.Reply(call_id, error=error)
+        else:
+            try:
+                reply = protocol.decode_reply(kind, call_id, body)
+                protocol.check_json(reply.value, "result")  # msgpack carries more than JSON: bytes, integer keys
+            except (TypeError, protocol.ProtocolError) as error:
+                reply = protocol.Reply(call_id, error=errors.InvalidResult(f"from {self.endpoint}: {error}"))
         for future in self.pending.get(call_id, ()):
             if not future.done():
                 future.set_result(reply)

@@ -27,7 +27,10 @@ class CallError(Exception):
         return f"{self.type}: {self.message}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message, "retryable": self.retryable}
+        # A message may quote what a caller sent, lone surrogates included, which UTF-8 cannot carry:
+        # escaped, so that the error itself can always be sent.
+        message = self.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return {"type": self.type, "message": message, "retryable": self.retryable}
 
 
 class BadRequest(CallError):

@@ -158,7 +158,7 @@ def unpack(data: bytes, what: str) -> Any:
     except (msgpack.StackError, RecursionError):
         raise ProtocolError(f"{what} is nested too deeply") from None
     except Exception as error:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"{what} is not valid msgpack: {error or type(error).__name__}") from None
+        raise ProtocolError(f"{what} is not valid msgpack: {str(error) or type(error).__name__}") from None
 
 
 def encode_call(call: Call) -> list[bytes]:
