@@ -211,17 +211,20 @@ class Checkpointer:
 class KubeCheckpoints:
     """``CheckpointStore`` on ConfigMaps in the operator's namespace."""
 
-    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str) -> None:
+    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str, timeout: float = 5.0) -> None:
         self._api = k8s.CoreV1Api(api_client)
         self.namespace = namespace
         self._prefix = prefix
+        self._timeout = timeout
 
     def _name(self, shard: int) -> str:
         return f"{self._prefix}-checkpoint-{shard}"
 
     async def read(self, shard: int) -> tuple[str | None, str]:
         try:
-            config_map = await self._api.read_namespaced_config_map(self._name(shard), self.namespace)
+            config_map = await self._api.read_namespaced_config_map(
+                self._name(shard), self.namespace, _request_timeout=self._timeout
+            )
         except ApiException as error:
             if error.status == 404:
                 return None, ""
@@ -238,10 +241,14 @@ class KubeCheckpoints:
         )
         try:
             if not version:
-                written = await self._api.create_namespaced_config_map(self.namespace, body)
+                written = await self._api.create_namespaced_config_map(
+                    self.namespace, body, _request_timeout=self._timeout
+                )
             else:
                 body.metadata.resource_version = version
-                written = await self._api.replace_namespaced_config_map(name, self.namespace, body)
+                written = await self._api.replace_namespaced_config_map(
+                    name, self.namespace, body, _request_timeout=self._timeout
+                )
         except ApiException as error:
             if error.status == 409:
                 raise election.Conflict(name) from None

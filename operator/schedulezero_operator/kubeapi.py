@@ -33,6 +33,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 RUN_NOW_ANNOTATION = "schedulezero.io/run-now"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "schedulezero-operator"
+REQUEST_TIMEOUT = 30.0
+"""Seconds per write: one stalled by a lost connection is retried rather than waited on for minutes."""
 
 
 async def connect(kubeconfig: str | None = None) -> k8s.ApiClient:
@@ -70,8 +72,9 @@ class Api:
         """Merge-patches an object's status; an object that is gone is not an error."""
         try:
             await self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH
-            )
+                GROUP, VERSION, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -18,14 +18,16 @@ SHARD_LABEL = "schedulezero.io/shard"
 class KubeLeases:
     """``election.LeaseStore`` on the Kubernetes API."""
 
-    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str) -> None:
+    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str, timeout: float = 5.0) -> None:
         self._api = k8s.CoordinationV1Api(api_client)
         self.namespace = namespace
         self._prefix = prefix
+        self._timeout = timeout
+        """Seconds per request: a request stalled by a partition must not hold up the rounds after it heals."""
 
     async def get(self, name: str) -> election.LeaseRecord | None:
         try:
-            lease = await self._api.read_namespaced_lease(name, self.namespace)
+            lease = await self._api.read_namespaced_lease(name, self.namespace, _request_timeout=self._timeout)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -34,7 +36,11 @@ class KubeLeases:
 
     async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
         try:
-            return _record(await self._api.create_namespaced_lease(self.namespace, self._lease(name, record)))
+            return _record(
+                await self._api.create_namespaced_lease(
+                    self.namespace, self._lease(name, record), _request_timeout=self._timeout
+                )
+            )
         except ApiException as error:
             if error.status == 409:
                 raise election.Conflict(name) from None
@@ -44,7 +50,9 @@ class KubeLeases:
         lease = self._lease(name, record)
         lease.metadata.resource_version = record.version  # the precondition: fails if it moved on since
         try:
-            return _record(await self._api.replace_namespaced_lease(name, self.namespace, lease))
+            return _record(
+                await self._api.replace_namespaced_lease(name, self.namespace, lease, _request_timeout=self._timeout)
+            )
         except ApiException as error:
             if error.status == 409:
                 raise election.Conflict(name) from None
@@ -58,12 +66,14 @@ class KubeLeases:
         )
 
     async def members(self) -> dict[str, election.LeaseRecord]:
-        leases = await self._api.list_namespaced_lease(self.namespace, label_selector=f"{MEMBER_LABEL}=true")
+        leases = await self._api.list_namespaced_lease(
+            self.namespace, label_selector=f"{MEMBER_LABEL}=true", _request_timeout=self._timeout
+        )
         return {lease.metadata.name: _record(lease) for lease in leases.items}
 
     async def delete(self, name: str) -> None:
         try:
-            await self._api.delete_namespaced_lease(name, self.namespace)
+            await self._api.delete_namespaced_lease(name, self.namespace, _request_timeout=self._timeout)
         except ApiException as error:
             if error.status != 404:
                 raise

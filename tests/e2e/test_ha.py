@@ -1,0 +1,258 @@
+"""Several operator replicas against the real API server: every run happens, once.
+
+The handler is the judge: it records every execution (run id, Schedule,
+nominal time), so a run fired twice by two replicas, or by an old owner after a
+new one took over, shows as a duplicate, and a run nobody fired as a gap.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import itertools
+import json
+import pathlib
+import re
+import signal
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import controlplane, processes, proxy, waiting
+from tests.support.operator import Operator
+
+pytestmark = pytest.mark.e2e
+
+PROBE = "tests.support.handlers:ProbeHandler"
+SHARDS = 4
+
+
+@pytest.fixture
+def probe_handler(tmp_path: pathlib.Path) -> Iterator[processes.HandlerProcess]:
+    with processes.running_handler(PROBE, tmp_path) as handler:
+        yield handler
+
+
+class Replicas:
+    """Operator replicas sharing one set of Leases; the test starts, kills, pauses and cuts them."""
+
+    def __init__(self, kubeconfig: pathlib.Path, namespace: str, workdir: pathlib.Path) -> None:
+        self.kubeconfig, self.namespace, self.workdir = kubeconfig, namespace, workdir
+        self.prefix = f"ha-{namespace}"
+        self.all: list[Operator] = []
+
+    def start(self, *, kubeconfig: pathlib.Path | None = None) -> Operator:
+        index = len(self.all)
+        replica = Operator(
+            kubeconfig or self.kubeconfig,
+            self.workdir / f"replica-{index}.log",
+            "--namespace",
+            self.namespace,
+            lease_prefix=self.prefix,
+            extra=("--shards", str(SHARDS), "--status-interval", "5", "--identity", f"replica-{index}"),
+        ).start()
+        self.all.append(replica)
+        return replica
+
+    def holders(self, cluster: controlplane.Cluster) -> dict[int, str | None]:
+        leases = json.loads(cluster.kubectl("get", "leases", "-n", "schedulezero-system", "-o", "json").stdout)
+        held: dict[int, str | None] = {}
+        for lease in leases["items"]:
+            name = lease["metadata"]["name"]
+            if name.startswith(f"{self.prefix}-shard-"):
+                held[int(name.rsplit("-", 1)[1])] = lease["spec"].get("holderIdentity")
+        return held
+
+    def stop_all(self) -> None:
+        for replica in self.all:
+            if replica.popen is not None and replica.popen.poll() is None:
+                replica.popen.send_signal(signal.SIGCONT)
+                replica.stop(signal.SIGKILL)
+
+
+def acquisitions(replica: Operator) -> list[tuple[float, int]]:
+    """(Unix time, shard) of each shard the replica acquired, from its log."""
+    found = []
+    for line in replica.output().splitlines():
+        match = re.match(r"\[(\S+ \S+)\] .*shard (\d+) acquired", line)
+        if match:
+            moment = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").astimezone()
+            found.append((moment.timestamp(), int(match[2])))
+    return found
+
+
+def executions(handler: processes.HandlerProcess, namespace: str) -> collections.Counter[tuple[str, str]]:
+    """How often each (Schedule, nominal time) was executed at the handler."""
+    command = [processes.SCHEDULEZERO, "call", handler.endpoint, "ticks_seen", "--timeout", "30"]
+    ticks: list[dict[str, Any]] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    return collections.Counter((t["schedule"], t["scheduled"]) for t in ticks if t["schedule"].startswith(namespace))
+
+
+def proxied_kubeconfig(kubeconfig: pathlib.Path, tunnel: proxy.Proxy, path: pathlib.Path) -> pathlib.Path:
+    config = yaml.safe_load(kubeconfig.read_text())
+    server = urllib.parse.urlsplit(config["clusters"][0]["cluster"]["server"])
+    config["clusters"][0]["cluster"]["server"] = f"{server.scheme}://127.0.0.1:{tunnel.port}"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def server_address(kubeconfig: pathlib.Path) -> tuple[str, int]:
+    server = urllib.parse.urlsplit(yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"])
+    assert server.hostname is not None
+    assert server.port is not None
+    return server.hostname, server.port
+
+
+def schedules(count: int) -> str:
+    documents = [
+        {
+            "apiVersion": "schedulezero.io/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": f"beat-{i:03d}"},
+            "spec": {
+                "handler": "probe",
+                "method": "tick",
+                "schedule": "@every 1s",
+                "catchUpPolicy": "All",
+                "concurrencyPolicy": "Allow",
+            },
+        }
+        for i in range(count)
+    ]
+    return "\n---\n".join(json.dumps(d) for d in documents)
+
+
+def handler(endpoint: str) -> str:
+    return json.dumps(
+        {"apiVersion": "schedulezero.io/v1alpha1", "kind": "Handler", "metadata": {"name": "probe"},
+         "spec": {"endpoint": endpoint}}
+    )  # fmt: skip
+
+
+def test_replicas_share_the_shards_and_each_run_happens_once(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    system_kubeconfigs: dict[str, pathlib.Path],
+    probe_handler: processes.HandlerProcess,
+    tmp_path: pathlib.Path,
+) -> None:
+    replicas = Replicas(system_kubeconfigs["operator"], namespace, tmp_path)
+    try:
+        for _ in range(2):
+            replicas.start()
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=handler(probe_handler.endpoint))
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=schedules(20))
+
+        def shared() -> dict[int, str | None] | None:
+            held = replicas.holders(cluster)
+            return held if sorted(collections.Counter(held.values()).values()) == [2, 2] else None
+
+        held = waiting.eventually(shared, timeout=60)
+        assert set(held.values()) == {"replica-0", "replica-1"}
+        time.sleep(8)
+    finally:
+        for replica in replicas.all:
+            assert replica.stop() == 0, replica.output()[-3000:]
+    counts = executions(probe_handler, namespace)
+    assert counts
+    assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:10]
+    assert len({schedule for schedule, _ in counts}) == 20
+
+
+def test_every_run_happens_once_through_kills_pauses_partitions_and_a_rolling_restart(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    system_kubeconfigs: dict[str, pathlib.Path],
+    probe_handler: processes.HandlerProcess,
+    tmp_path: pathlib.Path,
+) -> None:
+    kubeconfig = system_kubeconfigs["operator"]
+    tunnel = proxy.Proxy(server_address(kubeconfig))
+    replicas = Replicas(kubeconfig, namespace, tmp_path)
+    failovers: list[str] = []
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=handler(probe_handler.endpoint))
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=schedules(100))
+        replicas.start()
+        replicas.start()
+        cut_off = replicas.start(kubeconfig=proxied_kubeconfig(kubeconfig, tunnel, tmp_path / "proxied"))
+        waiting.eventually(lambda: len([h for h in replicas.holders(cluster).values() if h]) == SHARDS, timeout=60)
+        time.sleep(5)
+        start = datetime.datetime.now(datetime.UTC)
+
+        def holding(replica: Operator) -> list[int]:
+            identity = f"replica-{replicas.all.index(replica)}"
+            return [s for s, h in replicas.holders(cluster).items() if h == identity]
+
+        # 1. SIGKILL of a replica holding shards, twice; a new replica replaces each.
+        for _ in range(2):
+            victim = next(r for r in live(replicas) if r is not cut_off and holding(r))
+            shards, killed_at, gone = holding(victim), time.time(), f"replica-{replicas.all.index(victim)}"
+            victim.stop(signal.SIGKILL)
+            replicas.start()
+            waiting.eventually(
+                lambda: all(replicas.holders(cluster)[s] not in (None, gone) for s in shards),  # noqa: B023
+                timeout=60,
+            )
+            failovers.append(f"SIGKILL: shards {shards} taken over {_taken(replicas, shards, killed_at)}")
+            time.sleep(4)
+        # 2. SIGSTOP of a holder for longer than the lease duration, then SIGCONT.
+        paused = next(r for r in live(replicas) if r is not cut_off and holding(r))
+        assert paused.popen is not None
+        paused.popen.send_signal(signal.SIGSTOP)
+        time.sleep(10)
+        paused.popen.send_signal(signal.SIGCONT)
+        time.sleep(5)
+        # 3. A replica cut off from the API server (its connections blackholed), then healed.
+        tunnel.cut()
+        time.sleep(10)
+        tunnel.heal()
+        time.sleep(6)
+        # 4. A rolling restart: each live replica replaced by a new one, then stopped with SIGTERM.
+        for old in live(replicas):
+            replicas.start()
+            time.sleep(2)
+            stopped_at, shards = time.time(), holding(old)
+            assert old.stop() == 0, old.output()[-3000:]
+            if shards:
+                waiting.eventually(lambda: all(replicas.holders(cluster)[s] for s in shards), timeout=30)  # noqa: B023
+                failovers.append(f"SIGTERM: shards {shards} taken over {_taken(replicas, shards, stopped_at)}")
+        time.sleep(6)
+        end = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=4)
+    finally:
+        replicas.stop_all()
+        tunnel.close()
+    print("\n".join(failovers))
+    counts = executions(probe_handler, namespace)
+    window = [
+        (schedule, nominal) for schedule, nominal in counts if start <= datetime.datetime.fromisoformat(nominal) <= end
+    ]
+    duplicated = {key: counts[key] for key in window if counts[key] > 1}
+    assert not duplicated, f"{len(duplicated)} runs executed more than once, e.g. {list(duplicated.items())[:5]}"
+    gaps = []
+    for i in range(100):
+        seen = sorted(datetime.datetime.fromisoformat(n) for s, n in window if s == f"{namespace}/beat-{i:03d}")
+        bounds = [start, *seen, end]
+        worst = max((b - a).total_seconds() for a, b in itertools.pairwise(bounds))
+        if worst > 1.0:
+            gaps.append((i, worst))
+    assert not gaps, f"runs missing (Schedule, longest gap in s): {gaps[:10]}"
+
+
+def live(replicas: Replicas) -> list[Operator]:
+    return [r for r in replicas.all if r.popen is not None and r.popen.poll() is None]
+
+
+def _taken(replicas: Replicas, shards: list[int], since: float) -> str:
+    """Seconds from ``since`` to each shard's acquisition by another replica, from their logs."""
+    times = {}
+    for replica in replicas.all:
+        for moment, shard in acquisitions(replica):
+            if shard in shards and moment >= since and shard not in times:
+                times[shard] = moment - since
+    return ", ".join(f"{shard}: {seconds:.1f} s" for shard, seconds in sorted(times.items()))
