@@ -106,12 +106,27 @@ def test_values_are_checked_by_the_schema(helm: pathlib.Path, chart: str, value:
     assert named in done.stderr
 
 
-def test_the_operator_is_one_replica_recreated(helm: pathlib.Path) -> None:
-    deployments = {d["metadata"]["name"]: d for d in template(helm, "schedulezero") if d["kind"] == "Deployment"}
+def test_the_operator_runs_replicas_that_share_shards_and_roll(helm: pathlib.Path) -> None:
+    documents = template(helm, "schedulezero", "--set=operator.replicas=3", "--set=operator.shards=8")
+    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
     operator = deployments["rel-schedulezero-operator"]
-    assert operator["spec"]["replicas"] == 1
-    assert operator["spec"]["strategy"] == {"type": "Recreate"}
-    assert "--all-namespaces" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert operator["spec"]["replicas"] == 3
+    assert operator["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = operator["spec"]["template"]["spec"]
+    assert {"--all-namespaces", "--shards=8"} <= set(pod["containers"][0]["args"])
+    assert {e["name"] for e in pod["containers"][0]["env"]} == {"POD_NAME", "POD_NAMESPACE"}
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    [budget] = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    [role] = [d for d in documents if d["kind"] == "Role"]  # Leases and checkpoints: its own namespace only
+    assert role["metadata"]["namespace"] == "ns"
+    assert {r["resources"][0] for r in role["rules"]} == {"leases", "configmaps"}
+    single = template(helm, "schedulezero", "--set=operator.replicas=1")
+    assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]  # it would block every drain
 
 
 def test_listed_namespaces_get_roles_and_no_cluster_rights(helm: pathlib.Path) -> None:
@@ -119,7 +134,8 @@ def test_listed_namespaces_get_roles_and_no_cluster_rights(helm: pathlib.Path) -
     kinds = {d["kind"] for d in documents}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
     roles = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in documents if d["kind"] == "Role")
-    assert roles == [(ns, f"rel-schedulezero-{c}") for ns in ("team-a", "team-b") for c in ("conductor", "operator")]
+    watched = [(ns, f"rel-schedulezero-{c}") for ns in ("team-a", "team-b") for c in ("conductor", "operator")]
+    assert roles == sorted([("ns", "rel-schedulezero-operator-election"), *watched])
     operator = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator"))
     args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args

@@ -1,0 +1,69 @@
+"""Checkpoints: what a new shard owner reads back, and the object limit they must stay under."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import pytest
+
+from schedulezero_operator import checkpoints, engine
+from schedulezero_operator.sinks import ScheduleKey
+
+T = datetime.datetime(2026, 11, 30, 12, 0, 0, 250_000, tzinfo=datetime.UTC)
+
+
+def test_progress_survives_a_round_trip_to_the_millisecond() -> None:
+    """Run ids derive from nominal times: a time read back one millisecond off would run again."""
+    progress = {
+        "a": engine.Progress(T, (T - datetime.timedelta(seconds=1), T)),
+        "b": engine.Progress(T + datetime.timedelta(milliseconds=1)),
+        "c": engine.Progress(None, (T,)),
+    }
+    assert checkpoints.decode(checkpoints.encode(progress)) == progress
+    assert checkpoints.decode(checkpoints.encode({"never": engine.Progress(None)})) == {}
+
+
+def test_an_unreadable_checkpoint_holds_nothing_rather_than_failing_the_takeover() -> None:
+    for text in (None, "", "not json", '{"schedules": {"a": ["x"]}}', '{"schedules": []}'):
+        assert checkpoints.decode(text) == {}
+
+
+def test_merge_keeps_the_latest_time_and_every_run_in_flight() -> None:
+    later = T + datetime.timedelta(seconds=5)
+    merged = checkpoints.merge(
+        {"a": engine.Progress(T, (T,)), "b": engine.Progress(None)},
+        {"a": engine.Progress(later, (later,)), "b": engine.Progress(T)},
+    )
+    assert merged == {"a": engine.Progress(later, (T, later)), "b": engine.Progress(T)}
+
+
+def test_ten_thousand_schedules_fit_one_checkpoint() -> None:
+    """The size the README promises per shard, with uids as Kubernetes makes them."""
+    progress = {str(uuid.uuid4()): engine.Progress(T, (T,) if i % 10 == 0 else ()) for i in range(10_000)}
+    assert len(checkpoints.encode(progress)) < 600_000
+
+
+class NoWrites:
+    async def read(self, shard: int) -> tuple[str | None, str]:
+        return None, ""
+
+    async def write(self, shard: int, content: str, version: str) -> str:
+        raise AssertionError("an oversized checkpoint was sent")
+
+
+async def test_a_checkpoint_above_the_object_limit_is_refused_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    keys = [ScheduleKey("ns", f"s{i}") for i in range(20_000)]
+    uids = {key: str(uuid.uuid4()) for key in keys}
+    writer = checkpoints.Checkpointer(
+        NoWrites(),
+        progress=lambda key: (uids[key], engine.Progress(T)),
+        shard_of=lambda key: 0,
+        owns_shard=lambda shard: True,
+    )
+    for key in keys:
+        writer.changed(key)
+    await writer.flush()
+    assert writer.oversized == {0}
+    assert "checkpoint of shard 0 is" in caplog.text
+    assert "use more --shards" in caplog.text
