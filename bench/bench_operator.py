@@ -85,6 +85,7 @@ def prepare(cluster: controlplane.Cluster, endpoint: str) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
     cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl("create", "namespace", "schedulezero-system")  # the election's Leases and checkpoints
     apply(cluster, [handler_doc(endpoint)])
 
 
