@@ -459,3 +459,34 @@ async def test_stop_interrupts_runs_in_flight_and_a_restart_runs_them_again(
         await second.stop()
     assert (record["runId"], record["outcome"]) == (active["runId"], "Succeeded")
     assert [t["run"] for t in await ticks(client, handler, key)] == [uuid.UUID(active["runId"]).hex]
+
+
+async def test_a_standby_fires_nothing_until_it_takes_over_from_the_checkpoint(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """A replica that does not own a Schedule keeps it warm but silent; taking it over starts from the
+    newer of status and checkpoint, and re-sends the run the previous owner had in flight."""
+    owned = False
+    sink = MemorySink()
+    settings = engine_.EngineSettings(status_interval=0.2)
+    standby = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings, owner=lambda key: owned)
+    standby.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await standby.start()
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    created = (now() - datetime.timedelta(seconds=20)).replace(microsecond=0)
+    _created[key] = created
+    stale = {"lastScheduleTime": (created + datetime.timedelta(seconds=5)).isoformat(), "runs": []}
+    try:
+        apply(standby, {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "All"}, key=key, status_=stale)
+        await asyncio.sleep(1.5)
+        assert await ticks(client, handler, key) == []
+        assert key not in sink.statuses  # its owner writes its status, not a standby
+        checkpointed = created + datetime.timedelta(seconds=15)
+        owned = True
+        standby.take_over([key], {f"uid-{key.name}": engine_.Progress(checkpointed, (checkpointed,))})
+        await eventually(lambda: len(records(standby, key)) >= 8)
+    finally:
+        await standby.stop()
+    seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
+    assert seen[0] == checkpointed  # in flight at the previous owner: sent again under its run id
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
