@@ -169,7 +169,7 @@ class LocalMode:
                 if fingerprint != self._fingerprint:
                     self._fingerprint = fingerprint
                     try:
-                        self.reload()
+                        await self.reload()
                     except Exception as error:  # a bug must not stop the Schedules already running
                         log.exception("reloading %s failed", self.directory)
                         self.terminal.problem(f"{self.directory}: reloading failed: {type(error).__name__}: {error}")
@@ -181,9 +181,13 @@ class LocalMode:
             await self.client.close()
             self.state.save()
 
-    def reload(self) -> None:
-        """Applies the directory's current contents to the engine."""
-        resources, problems = manifests.load_directory(self.directory)
+    async def reload(self) -> None:
+        """Applies the directory's current contents to the engine.
+
+        Files are read and parsed in a thread: a pathological file (PyYAML takes
+        about a second to give up on deep nesting) must not hold up the runs.
+        """
+        resources, problems = await asyncio.to_thread(manifests.load_directory, self.directory)
         for problem in sorted(set(problems) - self._problems):
             self.terminal.problem(problem)
         self._problems = set(problems)

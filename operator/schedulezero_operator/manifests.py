@@ -27,6 +27,8 @@ from schedulezero_handler import protocol
 API_VERSION = "schedulezero.io/v1alpha1"
 MAX_FILE_SIZE = 1024 * 1024
 """As large as an object the API server stores (its limit is about 1.5 MiB per request)."""
+MAX_DEPTH = 100
+"""Brackets a document may nest: PyYAML takes seconds to refuse a few thousand, far past any resource."""
 MAX_EXPANDED_NODES = 100_000
 """YAML nodes a document may expand to through aliases; a few anchors can otherwise stand for gigabytes."""
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -98,6 +100,18 @@ def _defaulted(value: Any, schema: dict[str, Any]) -> Any:
     return result
 
 
+MAX_QUOTE = 200
+"""Characters of a value quoted in a message: a message names what is wrong, it does not repeat it."""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_QUOTE else text[:MAX_QUOTE] + "…"
+
+
+def _quote(value: Any) -> str:
+    return _cut(repr(value))
+
+
 def _check_metadata(kind: str, namespace: Any, name: Any, source: str) -> None:
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{source}: {kind} without metadata.name")
@@ -116,11 +130,11 @@ def _check_metadata(kind: str, namespace: Any, name: Any, source: str) -> None:
 def parse_document(document: Any, source: str) -> Resource:
     if not isinstance(document, dict):
         raise ManifestError(f"{source}: expected a mapping with apiVersion, kind, metadata and spec")
-    kind = document.get("kind")
-    if document.get("apiVersion") != API_VERSION or kind not in KINDS:
+    kind, api_version = document.get("kind"), document.get("apiVersion")
+    if api_version != API_VERSION or not isinstance(kind, str) or kind not in KINDS:
         raise ManifestError(
             f"{source}: expected apiVersion {API_VERSION} and kind Schedule or Handler, "
-            f"got {document.get('apiVersion')!r} {kind!r}"
+            f"got {_quote(api_version)} {_quote(kind)}"
         )
     metadata = document.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -135,7 +149,9 @@ def parse_document(document: Any, source: str) -> Resource:
         raise ManifestError(f"{source}: {kind} {namespace}/{name} is invalid: {error}{hint}") from None
     errors = sorted(_validator(kind).iter_errors(spec), key=lambda e: list(e.absolute_path))
     if errors:
-        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e.absolute_path) or ''}: {e.message}" for e in errors[:5])
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e.absolute_path) or ''}: {_cut(e.message)}" for e in errors[:5]
+        )
         raise ManifestError(f"{source}: {kind} {namespace}/{name} is invalid: {problems.replace('spec.:', 'spec:')}")
     return Resource(str(kind), str(namespace), str(name), _defaulted(spec, _crd_schema(kind)), source)
 
@@ -149,24 +165,79 @@ class _Loader(yaml.SafeLoader):
     """
 
     def compose_document(self) -> yaml.Node | None:
+        """The document, or one that stands for its refusal: the file's other documents still load."""
         node: yaml.Node | None = super().compose_document()
-        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-            raise yaml.YAMLError(f"its aliases expand to more than {MAX_EXPANDED_NODES} nodes")
+        if node is None:
+            return None
+        try:
+            if _expanded_size(node, {}, "") > MAX_EXPANDED_NODES:
+                raise yaml.YAMLError(f"its aliases expand to more than {MAX_EXPANDED_NODES} nodes")
+        except yaml.YAMLError as error:
+            return yaml.ScalarNode(REFUSED_TAG, str(error), node.start_mark, node.end_mark)
         return node
 
 
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+REFUSED_TAG = "!schedulezero/refused"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refused:
+    """A document the loader refused, with why."""
+
+    why: str
+
+
+_Loader.add_constructor(REFUSED_TAG, lambda loader, node: _Refused(str(node.value)))
+
+
+_VISITING = -1
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: str) -> int:
+    """The nodes ``node`` stands for once its aliases are expanded; ``path`` names it in messages."""
     known = sizes.get(id(node))
+    if known == _VISITING:  # JSON has no value that contains itself
+        raise yaml.YAMLError(
+            f"{path or 'the document'} refers to itself through an alias (line {node.start_mark.line + 1})"
+        )
     if known is not None:
         return known
-    sizes[id(node)] = 1  # a node that contains itself counts once, not forever
+    sizes[id(node)] = _VISITING
     size = 1
     if isinstance(node, yaml.SequenceNode):
-        size += sum(_expanded_size(child, sizes) for child in node.value)
+        size += sum(_expanded_size(child, sizes, f"{path}[{i}]") for i, child in enumerate(node.value))
     elif isinstance(node, yaml.MappingNode):
-        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            size += _expanded_size(key, sizes, path) + _expanded_size(value, sizes, f"{path}.{name}".lstrip("."))
     sizes[id(node)] = size
     return size
+
+
+_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|#[^\n]*')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+_KEY_BEFORE = re.compile(r"([^\s:{}\[\],]+)\s*:\s*$")
+
+
+def too_deep(text: str) -> str | None:
+    """Which flow collection nests deeper than ``MAX_DEPTH`` (outside quoted strings and comments), named by
+    the key it is the value of; None if none does."""
+    plain = _QUOTED_OR_COMMENT.sub("", text)
+    depth, outermost = 0, 0
+    for bracket in _BRACKET.finditer(plain):
+        if bracket[0] in "[{":
+            if depth == 0:
+                outermost = bracket.start()
+            depth += 1
+            if depth > MAX_DEPTH:
+                key = _KEY_BEFORE.search(plain, plain.rfind("\n", 0, outermost) + 1, outermost)
+                where = f"{key[1]}: " if key else ""
+                return f"{where}brackets nested more than {MAX_DEPTH} deep"
+        else:
+            depth = max(0, depth - 1)
+    return None
 
 
 def _read(path: pathlib.Path) -> list[Any]:
@@ -181,6 +252,9 @@ def _read(path: pathlib.Path) -> list[Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ManifestError(f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+    deep = too_deep(text)
+    if deep is not None:
+        raise ManifestError(f"{path}: not valid YAML: {deep}")
     try:
         return list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as error:
@@ -202,12 +276,17 @@ def load_file(path: pathlib.Path) -> tuple[list[Resource], list[str]]:
         if document is None:
             continue
         source = str(path) if len(documents) == 1 else f"{path}#{index + 1}"
+        if isinstance(document, _Refused):
+            problems.append(f"{source}: not valid YAML: {document.why}")
+            continue
         try:
             resources.append(parse_document(document, source))
         except ManifestError as error:
             problems.append(str(error))
         except RecursionError:
             problems.append(f"{source}: nested too deeply")
+        except Exception as error:  # whatever else a document holds costs only itself
+            problems.append(f"{source}: not a valid resource: {type(error).__name__}: {_cut(str(error))}")
     return resources, problems
 
 

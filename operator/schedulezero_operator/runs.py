@@ -48,7 +48,10 @@ def check_params(params: Any) -> None:
         protocol.check_json(params, "spec.params")
     except TypeError as error:
         raise InvalidSchedule(str(error)) from None
-    size = len(json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        raise InvalidSchedule("spec.params holds text that is not valid Unicode (a lone surrogate)") from None
     if size > MAX_PARAMS_SIZE:
         raise InvalidSchedule(f"spec.params is {size} bytes of JSON, more than the {MAX_PARAMS_SIZE} allowed")
 
