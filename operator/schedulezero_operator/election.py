@@ -178,9 +178,12 @@ class Elector:
         except Exception as error:  # the shards' own requests fail alike, and fencing does the rest
             log.warning("heartbeat failed: %s", error)
         share = math.ceil(self.settings.shards / self.live_members)
+        # First: a shard whose renew deadline passed (this replica was starved, paused or cut off) fired
+        # nothing meanwhile. Renewing it now would resume it silently; losing it and taking it again makes
+        # the takeover catch up on what it skipped.
+        self._notice_losses()
         for shard in sorted(self.renewed):
             await self._renew(shard)
-        self._notice_losses()
         for shard in sorted(self.renewed, reverse=True)[: max(0, len(self.renewed) - share)]:
             await self._release(shard)
         for shard in range(self.settings.shards):

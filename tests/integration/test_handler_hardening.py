@@ -11,7 +11,6 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import zmq
@@ -23,18 +22,6 @@ from tests.support import controlplane, handlers, processes
 
 PROBE = "tests.support.handlers:ProbeHandler"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def probe(tmp_path: pathlib.Path) -> Iterator[processes.HandlerProcess]:
-    with processes.running_handler(PROBE, tmp_path) as handler:
-        yield handler
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[client_.Client]:
-    async with client_.Client() as c:
-        yield c
 
 
 async def test_an_oversized_result_fails_its_call_alone(

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -24,18 +24,6 @@ from tests.support import processes
 
 PROBE = "tests.support.handlers:ProbeHandler"
 CACHE = "examples.handlers.cache_handler:CacheHandler"
-
-
-@pytest.fixture
-def probe(tmp_path: pathlib.Path) -> Iterator[processes.HandlerProcess]:
-    with processes.running_handler(PROBE, tmp_path) as handler:
-        yield handler
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[client_.Client]:
-    async with client_.Client() as c:
-        yield c
 
 
 async def test_async_and_sync_methods(probe: processes.HandlerProcess, client: client_.Client) -> None:

@@ -240,3 +240,20 @@ async def test_a_stopped_replica_hands_its_shards_over_at_the_next_round(store: 
     assert ("lost", leaving[0]) in a.events
     await rounds([b], clock, 1)  # no lease duration to wait: the holder is empty
     assert b.elector.held() == [0, 1, 2, 3]
+
+
+async def test_a_holder_late_for_its_renew_takes_its_shard_again_rather_than_resuming(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """Past the renew deadline the holder fired nothing: it must take the shard over (catching up on what it
+    skipped) rather than renew it as if nothing had happened. A busy event loop delays rounds like this."""
+    alone = Replica(store, clock, "a")
+    await rounds([alone], clock, 1)
+    assert alone.elector.held() == [0, 1, 2, 3]
+    alone.events.clear()
+    clock.now += SETTINGS.renew_deadline + 1  # no round for 11 s, still within the 15 s lease
+    assert alone.elector.held() == []
+    await alone.round()
+    assert alone.events == [*(("lost", s) for s in range(4)), *(("acquired", s) for s in range(4))]
+    assert alone.elector.held() == [0, 1, 2, 3]
+    assert {lease.holder for name, lease in store.leases.items() if "shard" in name} == {"a"}

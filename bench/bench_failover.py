@@ -1,0 +1,253 @@
+"""Operator replicas on a real local control plane: failover times, checkpoints, the election's API cost.
+
+Three ``schedulezero operator`` replicas (client-go's timing: lease 15 s,
+renew deadline 10 s, retry period 2 s) share ``--shards`` 8 over 10,000
+Schedules (``@every 600s``; their first runs spread over one minute a few
+minutes ahead, so every Schedule has progress to checkpoint without the runs
+saturating the API server). The Schedules are applied while no replica runs:
+applying them under three operators that each receive every watch event takes
+a quarter of an hour on two cores. It measures:
+
+- the election's own API requests per second (``apiserver_request_total`` for
+  Leases and ConfigMaps) with no Schedules and with all of them, which should
+  not differ: its cost does not grow with the Schedules;
+- shards per replica, each checkpoint's size, and checkpoint writes per second
+  while runs happen;
+- failover: three times a replica holding shards is killed (SIGKILL) and a
+  new one started, then every replica is replaced in turn and stopped with
+  SIGTERM (a rolling update); for each shard moved, the time from the signal
+  to the new owner's "took over" (its Schedules firing again), from the logs.
+
+Run from the repository root: ``.venv/bin/python bench/bench_failover.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import bench_operator
+import benchlib
+
+sys.path.insert(0, str(benchlib.REPO))
+from tests.support import controlplane
+
+NAMESPACE = bench_operator.NAMESPACE
+SYSTEM = "schedulezero-system"
+PREFIX = "bench"
+TOOK_OVER = re.compile(r"^\[(\S+ \S+)\] .*shard (\d+): took over (\d+) Schedules")
+
+
+class Replicas:
+    def __init__(self, cluster: controlplane.Cluster, log_dir: pathlib.Path, shards: int) -> None:
+        self.cluster, self.log_dir, self.shards = cluster, log_dir, shards
+        self.all: list[benchlib.ServerProcess] = []
+
+    def start(self) -> benchlib.ServerProcess:
+        name = f"replica-{len(self.all)}"
+        argv = [benchlib.SCHEDULEZERO, "operator", "-n", NAMESPACE, "--metrics-port", "0", "--liveness-port", "0",
+                "--shards", str(self.shards), "--status-interval", "10",
+                "--lease-prefix", PREFIX, "--identity", name]  # fmt: skip
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        log = self.log_dir / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=benchlib.REPO, env=env)
+        replica = benchlib.ServerProcess(name, popen, log)
+        self.all.append(replica)
+        return replica
+
+    def live(self) -> list[benchlib.ServerProcess]:
+        return [r for r in self.all if r.popen.poll() is None]
+
+    def holders(self) -> dict[int, str | None]:
+        leases = json.loads(self.cluster.kubectl("get", "leases", "-n", SYSTEM, "-o", "json").stdout)["items"]
+        prefix = f"{PREFIX}-shard-"
+        return {
+            int(lease["metadata"]["name"].removeprefix(prefix)): lease["spec"].get("holderIdentity")
+            for lease in leases
+            if lease["metadata"]["name"].startswith(prefix)
+        }
+
+    def holding(self, replica: benchlib.ServerProcess) -> list[int]:
+        return sorted(shard for shard, holder in self.holders().items() if holder == replica.name)
+
+    def stop_all(self) -> None:
+        for replica in self.all:
+            replica.stop(timeout=30.0)
+
+
+def takeovers(replicas: Replicas, since: float) -> dict[int, float]:
+    """Per shard, seconds from ``since`` to the first "took over" logged after it."""
+    found: dict[int, float] = {}
+    for replica in replicas.all:
+        for line in replica.output().splitlines():
+            match = TOOK_OVER.match(line)
+            if match:
+                moment = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
+                shard = int(match[2])
+                if moment >= since and (shard not in found or moment - since < found[shard]):
+                    found[shard] = moment - since
+    return found
+
+
+def wait(what: str, done: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def schedules(count: int, *, first_runs: datetime.datetime, spread: float) -> list[dict[str, Any]]:
+    """``@every 600s``, anchored so that the first runs spread evenly over ``spread`` seconds from ``first_runs``."""
+    items = []
+    for index in range(count):
+        first = first_runs + datetime.timedelta(seconds=spread * index / count)
+        start = first - datetime.timedelta(seconds=600)
+        spec = {"handler": bench_operator.HANDLER, "method": "tick", "schedule": "@every 600s",
+                "startTime": start.isoformat().replace("+00:00", "Z")}  # fmt: skip
+        items.append({"apiVersion": bench_operator.API_VERSION, "kind": "Schedule",
+                      "metadata": {"name": f"s-{index:05d}"}, "spec": spec})  # fmt: skip
+    return items
+
+
+def fired(cluster: controlplane.Cluster) -> int:
+    listed = json.loads(cluster.kubectl("get", "schedules", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+    return sum(1 for item in listed if (item.get("status") or {}).get("lastScheduleTime"))
+
+
+def election_rate(window: bench_operator.Window) -> tuple[float, float]:
+    leases = sum(v for (verb, resource), v in window.requests.items() if resource == "leases")
+    configmaps = sum(v for (verb, resource), v in window.requests.items() if resource == "configmaps")
+    return leases / window.seconds, configmaps / window.seconds
+
+
+def checkpoint_sizes(cluster: controlplane.Cluster) -> dict[str, int]:
+    listed = json.loads(
+        cluster.kubectl("get", "configmaps", "-n", SYSTEM, "-l", "schedulezero.io/checkpoint", "-o", "json").stdout
+    )["items"]
+    return {item["metadata"]["name"]: len(json.dumps(item)) for item in listed}
+
+
+def failover(replicas: Replicas, how: signal.Signals) -> list[float]:
+    """One replica holding shards stopped with ``how`` (a new one started first); seconds per shard moved."""
+    victim = next(r for r in replicas.live() if replicas.holding(r))
+    shards = replicas.holding(victim)
+    replicas.start()
+    time.sleep(5)  # the new replica is up and heartbeating
+    shards = replicas.holding(victim)
+    since = time.time()
+    if how is signal.SIGKILL:
+        victim.popen.kill()
+    else:
+        victim.popen.send_signal(how)
+    victim.popen.wait(60)
+    wait("takeover", lambda: set(takeovers(replicas, since)) >= set(shards), 120)
+    moved = takeovers(replicas, since)
+    print(f"  {how.name}: {victim.name} held {shards}; taken over after "
+          + ", ".join(f"{moved[s]:.1f} s" for s in shards), flush=True)  # fmt: skip
+    return [moved[s] for s in shards]
+
+
+@contextlib.contextmanager
+def running(replicas: Replicas) -> Iterator[Replicas]:
+    try:
+        yield replicas
+    finally:
+        replicas.stop_all()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--schedules", type=int, default=10_000)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--window", type=float, default=60.0, help="seconds of each API-request window")
+    parser.add_argument("--kills", type=int, default=3, help="SIGKILL failovers")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    benchlib.stop_on_sigterm()
+    print(benchlib.environment("kopf", "kubernetes_asyncio", "apscheduler"))
+    with (
+        tempfile.TemporaryDirectory(prefix="schedulezero-bench-") as directory,
+        controlplane.running() as (plane, cluster),
+        bench_operator.running_handler(pathlib.Path(directory)) as handler,
+    ):
+        bench_operator.prepare(cluster, handler.endpoint)
+        pids = {process.name: process.popen.pid for process in plane.processes}
+        replicas = Replicas(cluster, pathlib.Path(directory), args.shards)
+        with running(replicas):
+            for _ in range(args.replicas):
+                replicas.start()
+            wait("every shard held", lambda: len([h for h in replicas.holders().values() if h]) == args.shards, 120)
+            print(f"no Schedules: election requests for {args.window:.0f} s", flush=True)
+            empty = bench_operator.measure_window(plane, pids, args.window)
+        first_runs = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
+            seconds=120 + args.schedules / 40  # applying at 40/s or faster, then the replicas' initial listing
+        )
+        items = schedules(args.schedules, first_runs=first_runs, spread=60.0)
+        start = time.perf_counter()
+        for first in range(0, len(items), 2500):
+            bench_operator.apply(cluster, items[first : first + 2500], "--server-side")
+        print(f"applied {args.schedules:,} Schedules in {time.perf_counter() - start:.0f} s", flush=True)
+        with running(replicas):
+            for _ in range(args.replicas):
+                replicas.start()
+            wait("every shard held", lambda: len([h for h in replicas.holders().values() if h]) == args.shards, 300)
+            pause = (first_runs - datetime.datetime.now(datetime.UTC)).total_seconds()
+            if pause < 0:
+                raise RuntimeError(f"the first runs passed {-pause:.0f} s before the replicas were up")
+            time.sleep(pause)
+            print(f"with runs: election requests for {args.window:.0f} s", flush=True)
+            busy = bench_operator.measure_window(plane, pids, args.window)
+            wait("every Schedule ran once", lambda: fired(cluster) >= args.schedules, 300)
+            shares = collections.Counter(h for h in replicas.holders().values())
+            time.sleep(5)
+            sizes = checkpoint_sizes(cluster)
+            print("failovers:", flush=True)
+            killed = [t for _ in range(args.kills) for t in failover(replicas, signal.SIGKILL)]
+            terminated = [t for _ in range(args.replicas) for t in failover(replicas, signal.SIGTERM)]
+            warnings = sum(1 for r in replicas.all for line in r.output().splitlines() if "ERROR" in line)
+    print()
+    rows = [
+        ["no Schedules", *(f"{rate:.2f}" for rate in election_rate(empty))],
+        [f"{args.schedules:,} Schedules, runs firing", *(f"{rate:.2f}" for rate in election_rate(busy))],
+    ]
+    print(f"Election API requests/s, {args.replicas} replicas, {args.shards} shards:")
+    print(benchlib.markdown_table(["", "Leases", "ConfigMaps (checkpoints)"], rows))
+    print()
+    print(f"shards per replica: {sorted(shares.values())}; checkpoints: "
+          f"{min(sizes.values()):,} to {max(sizes.values()):,} bytes ({len(sizes)} of them)")  # fmt: skip
+    print()
+    lease = 15.0
+    rows = [
+        [name, str(len(times)), f"{benchlib.median(times):.1f} s", f"{max(times):.1f} s", goal,
+         benchlib.verdict(max(times) <= limit)]
+        for name, times, goal, limit in (
+            ("SIGKILL", killed, "≤ lease duration + 2 s = 17 s", lease + 2),
+            ("SIGTERM (rolling)", terminated, "≤ 3 s", 3.0),
+        )
+    ]  # fmt: skip
+    print("Failover, signal to the new owner's takeover, per shard moved:")
+    print(benchlib.markdown_table(["", "shards moved", "p50", "max", "goal", ""], rows))
+    print(f"\noperator log lines at ERROR: {warnings}")
+
+
+if __name__ == "__main__":
+    main()
