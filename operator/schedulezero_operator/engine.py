@@ -88,6 +88,9 @@ class ScheduleState:
     invalid: str | None = None
     next_run_time: datetime.datetime | None = None
     active: dict[uuid.UUID, runs.Run] = dataclasses.field(default_factory=dict)
+    unowned_since: datetime.datetime | None = None
+    """The first time due while this engine did not own the Schedule, since it last fired it: a takeover
+    catches up from there when neither status nor checkpoint says the Schedule ever ran."""
 
     @property
     def suspended(self) -> bool:
@@ -290,6 +293,9 @@ class Engine:
             if state is None or not self._owns(key):
                 continue
             progress = checkpoint.get(state.uid)
+            if state.history.last_schedule_time is None and state.unowned_since is not None:
+                state.history.last_schedule_time = state.unowned_since - datetime.timedelta(microseconds=1)
+            state.unowned_since = None
             if progress is not None:
                 last = state.history.last_schedule_time
                 if progress.last_scheduled is not None and (last is None or progress.last_scheduled > last):
@@ -355,7 +361,9 @@ class Engine:
             return
         state.next_run_time = state.trigger.next_after(run_times[-1])
         if not self._owns(state.key):  # fenced: its owner fires it, or a new one catches up
+            state.unowned_since = state.unowned_since or run_times[0]
             return
+        state.unowned_since = None
         if state.next_run_time is not None:
             self.metrics.next_run.labels(namespace, name).set(state.next_run_time.timestamp())
         for nominal in run_times:

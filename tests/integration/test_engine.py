@@ -490,3 +490,28 @@ async def test_a_standby_fires_nothing_until_it_takes_over_from_the_checkpoint(
     seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
     assert seen[0] == checkpointed  # in flight at the previous owner: sent again under its run id
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
+
+
+async def test_times_skipped_while_not_owned_are_caught_up_even_before_a_first_run(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """A Schedule that never ran has no lastScheduleTime to catch up from: the engine remembers the first
+    time it let pass while it did not own the Schedule (fenced, or its shard still being taken over)."""
+    owned = False
+    sink = MemorySink()
+    settings = engine_.EngineSettings(status_interval=0.2)
+    engine = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings, owner=lambda key: owned)
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await engine.start()
+    try:
+        key = apply(engine, {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "All"})
+        await asyncio.sleep(2.6)
+        assert await ticks(client, handler, key) == []
+        owned = True
+        engine.take_over([key], {})
+        await eventually(lambda: len(records(engine, key)) >= 4)
+    finally:
+        await engine.stop()
+    seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
+    assert (seen[0] - _created[key]).total_seconds() <= 1.0  # the first time due after creation ran
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
