@@ -52,6 +52,10 @@ class StatusWriter:
     latest at write time. So a run's start and end reach the status of a
     slow schedule, while a fast one costs one write per interval however often
     it fires.
+
+    A status is rendered only once a write can be sent, and a Schedule has at
+    most one write in flight: under load writes wait for a slot, and one
+    rendered earlier and sent later would overwrite a newer status.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class StatusWriter:
         self._limit = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._writing: set[ScheduleKey] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -85,7 +90,10 @@ class StatusWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if flush:
+        for _ in range(3 if flush else 0):  # a Schedule with a write in flight gets its latest state after it
+            await asyncio.gather(*self._writes, return_exceptions=True)
+            if not self._pending:
+                break
             await asyncio.gather(*(self._write(key) for key in list(self._pending)), return_exceptions=True)
         await asyncio.gather(*self._writes, return_exceptions=True)
 
@@ -121,17 +129,26 @@ class StatusWriter:
                     await self._wakeup.wait()
 
     async def _write(self, key: ScheduleKey) -> None:
-        self._pending.pop(key, None)
-        status = self._render(key)
-        if status is None:
+        if key in self._writing:  # its write in flight goes first; this one follows with the latest state
+            self._pending.pop(key, None)
+            self.mark(key)
             return
-        self._last_write[key] = time.monotonic()
-        async with self._limit:
-            try:
-                await self._sink.write_status(key, status)
-            except Exception as error:
-                log.warning("status of %s not written (%s); retrying", key, error)
-                self.mark(key)
-                return
+        self._writing.add(key)
+        try:
+            async with self._limit:
+                if self._pending.pop(key, None) is None:
+                    return  # forgotten while waiting for a slot
+                status = self._render(key)  # now, not when marked: the latest state
+                if status is None:
+                    return
+                self._last_write[key] = time.monotonic()
+                try:
+                    await self._sink.write_status(key, status)
+                except Exception as error:
+                    log.warning("status of %s not written (%s); retrying", key, error)
+                    self.mark(key)
+                    return
+        finally:
+            self._writing.discard(key)
         if self._on_write is not None:
             self._on_write()

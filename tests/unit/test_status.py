@@ -108,3 +108,39 @@ async def test_status_writer_coalesces_and_forgets() -> None:
         await writer.stop()
     # a at once (its last write was long ago), b at once, and the a still pending flushed by stop
     assert sorted(sink.writes[2:]) == ["a", "a", "b"]
+
+
+class SlowSink:
+    """Writes that take a while, as under a loaded API server; notes any overlap per Schedule."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, int]] = []
+        self.in_flight: set[str] = set()
+        self.overlapped = False
+
+    async def write_status(self, key: sinks.ScheduleKey, status: dict[str, object]) -> None:
+        self.overlapped |= key.name in self.in_flight
+        self.in_flight.add(key.name)
+        await asyncio.sleep(0.1 if int(str(status["version"])) % 2 else 0.01)  # replies come out of order
+        self.in_flight.discard(key.name)
+        self.writes.append((key.name, int(str(status["version"]))))
+
+
+async def test_a_status_is_rendered_when_sent_and_one_write_per_schedule_is_in_flight() -> None:
+    """Rendered when marked and sent after a wait, an older status could land after a newer one."""
+    sink, versions = SlowSink(), {"a": 0, "b": 0}
+    writer = sinks.StatusWriter(sink, lambda key: {"version": versions[key.name]}, interval=0.01, concurrency=4)
+    writer.start()
+    a, b = sinks.ScheduleKey("ns", "a"), sinks.ScheduleKey("ns", "b")
+    for _ in range(20):
+        for key in (a, b):
+            versions[key.name] += 1
+            writer.mark(key)
+        await asyncio.sleep(0.02)
+    async with asyncio.timeout(5):
+        await writer.stop()
+    assert not sink.overlapped
+    for name in ("a", "b"):
+        written = [version for key, version in sink.writes if key == name]
+        assert written == sorted(written)
+        assert written[-1] == 20  # the last state reached the sink
