@@ -170,7 +170,9 @@ everything else, and again (server-side) on every upgrade:
 
 _COMMENTS = {
     "rbac/cluster.yaml": "# Cluster-wide rights, for `--all-namespaces` (the default Deployments).\n",
-    "rbac/election.yaml": "# The operator's Leases and checkpoints, in schedulezero-system only. Needed in every install.\n",
+    "rbac/election.yaml": (
+        "# The operator's Leases and checkpoints, in schedulezero-system only. Needed in every install.\n"
+    ),
     "rbac/namespace-role.yaml": (
         "# The same rules as Roles in one watched namespace: `kubectl apply -n NS -f` this file per\n"
         "# namespace, instead of cluster.yaml, and give the operator and conductor `--namespace=NS`.\n"
