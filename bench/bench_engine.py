@@ -36,7 +36,6 @@ from typing import Any
 
 import benchlib
 import psutil
-import pyinstrument
 
 from schedulezero_handler import Client
 from schedulezero_operator import engine as engine_
@@ -159,7 +158,11 @@ class Profile:
     def __init__(self, directory: pathlib.Path | None, name: str) -> None:
         self._directory = directory
         self._name = name
-        self._profiler = pyinstrument.Profiler(async_mode="disabled") if directory is not None else None
+        self._profiler: Any = None
+        if directory is not None:
+            import pyinstrument  # only with --profile: not a dependency of the benchmarks
+
+            self._profiler = pyinstrument.Profiler(async_mode="disabled")
 
     def start(self) -> None:
         if self._profiler is not None:
@@ -426,7 +429,11 @@ def parse_args() -> argparse.Namespace:
         help="status writes measured over this long; a multiple of the 2 s status interval, since the writes "
         "of Schedules applied together come in bursts every 2 s",
     )
-    parser.add_argument("--profile", type=pathlib.Path, help="write a pyinstrument profile of each window here")
+    parser.add_argument(
+        "--profile",
+        type=pathlib.Path,
+        help="write a pyinstrument profile of each window here (pip install pyinstrument first)",
+    )
     return parser.parse_args()
 
 

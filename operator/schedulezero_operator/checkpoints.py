@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from schedulezero_operator import election, engine
+from schedulezero_operator import election, engine, kubeapi
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -208,19 +208,16 @@ class Checkpointer:
             self._on_write(shard, len(content))
 
 
-class KubeCheckpoints:
+class KubeCheckpoints(kubeapi.ElectionStore):
     """``CheckpointStore`` on ConfigMaps in the operator's namespace."""
 
-    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str, timeout: float = 5.0) -> None:
-        self._api = k8s.CoreV1Api(api_client)
-        self.namespace = namespace
-        self._prefix = prefix
-        self._timeout = timeout
+    api_class = k8s.CoreV1Api
 
     def _name(self, shard: int) -> str:
         return f"{self._prefix}-checkpoint-{shard}"
 
     async def read(self, shard: int) -> tuple[str | None, str]:
+        await self._take("checkpoint")
         try:
             config_map = await self._api.read_namespaced_config_map(
                 self._name(shard), self.namespace, _request_timeout=self._timeout
@@ -232,6 +229,7 @@ class KubeCheckpoints:
         return (config_map.data or {}).get(KEY), str(config_map.metadata.resource_version)
 
     async def write(self, shard: int, content: str, version: str) -> str:
+        await self._take("checkpoint")
         name = self._name(shard)
         body = k8s.V1ConfigMap(
             metadata=k8s.V1ObjectMeta(

@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from schedulezero_handler.cli import Subparsers
+from schedulezero_operator import budget as budget_
 from schedulezero_operator import election, local
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.metrics import OperatorMetrics
@@ -182,6 +183,19 @@ def register_kubernetes(subparsers: Subparsers) -> None:
     )
     operator.add_argument("--probe-interval", type=float, default=30.0, help="seconds between probes of each Handler")
     operator.add_argument("--event-interval", type=float, default=60.0, help="seconds between like Events per object")
+    budget = budget_.BudgetSettings()
+    operator.add_argument(
+        "--kube-api-qps",
+        type=float,
+        default=budget.qps,
+        help=f"requests per second to the API server, watches aside (default {budget.qps:g})",
+    )
+    operator.add_argument(
+        "--kube-api-burst",
+        type=int,
+        default=budget.burst,
+        help=f"requests that may go at once after a quiet spell (default {budget.burst})",
+    )
     _election_arguments(operator)
     operator.set_defaults(func=_run_operator)
 
@@ -234,6 +248,7 @@ def _run_operator(args: argparse.Namespace) -> int:
     try:
         config = dataclasses.replace(
             config,
+            budget=budget_.BudgetSettings(qps=args.kube_api_qps, burst=args.kube_api_burst),
             ha=election.ElectionSettings(
                 shards=args.shards,
                 lease_duration=args.lease_duration,

@@ -29,6 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
 from schedulezero_handler import security
+from schedulezero_operator import budget as budget_
 from schedulezero_operator import checkpoints, election, kubeapi, leases, probe, status
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
@@ -59,6 +60,8 @@ class ControllerSettings:
     """This replica's name in the Leases: the pod name and a random suffix."""
     lease_namespace: str = "schedulezero-system"
     """Where the Leases and checkpoints live: the operator's own namespace."""
+    budget: budget_.BudgetSettings = dataclasses.field(default_factory=budget_.BudgetSettings)
+    """The rate of every request but the watches: status, Events, Leases and checkpoints."""
 
 
 @dataclasses.dataclass
@@ -66,6 +69,7 @@ class Runtime:
     """What the handlers share, kept in kopf's memo."""
 
     api: kubeapi.Api
+    budget: budget_.Budget
     client: client_.Client
     engine: engine_.Engine
     events: kubeapi.EventRecorder
@@ -204,16 +208,19 @@ async def _start(config: ControllerSettings) -> Runtime:
     api = kubeapi.Api(await kubeapi.connect())
     client = client_.Client()
     metrics = OperatorMetrics()
-    events = kubeapi.EventRecorder(api, interval=config.event_interval)
+    budget = budget_.Budget(config.budget, on_grant=lambda kind: metrics.api_requests.labels(kind).inc())
+    events = kubeapi.EventRecorder(api, interval=config.event_interval, budget=budget)
     uids: dict[tuple[str, str, str], str] = {}
     shards = config.ha.shards
     elector = election.Elector(
-        leases.KubeLeases(api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix),
+        leases.KubeLeases(api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix, budget=budget),
         identity=config.identity,
         settings=config.ha,
     )
     checkpointer = checkpoints.Checkpointer(
-        checkpoints.KubeCheckpoints(api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix),
+        checkpoints.KubeCheckpoints(
+            api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix, budget=budget
+        ),
         progress=lambda key: runtime.engine.progress(key),
         shard_of=lambda key: election.shard_of(key.namespace, key.name, shards),
         owns_shard=lambda shard: shard not in runtime.taking_over and elector.owns_shard(shard),
@@ -227,6 +234,7 @@ async def _start(config: ControllerSettings) -> Runtime:
         settings=engine_.EngineSettings(status_interval=config.status_interval, startup_grace=10.0),
         owner=lambda key: runtime.owns(key.namespace, key.name),
         on_progress=checkpointer.changed,
+        budget=budget,
     )
     prober = probe.Prober(
         client,
@@ -236,6 +244,7 @@ async def _start(config: ControllerSettings) -> Runtime:
     )
     runtime = Runtime(
         api=api,
+        budget=budget,
         client=client,
         engine=engine,
         events=events,
@@ -352,6 +361,7 @@ def _probed(runtime: Runtime, qualified: str, result: probe.ProbeResult) -> None
 
 async def _write_handler_status(runtime: Runtime, namespace: str, name: str, handler_status: dict[str, Any]) -> None:
     try:
+        await runtime.budget.acquire("handler-status")
         await runtime.api.patch_status("handlers", namespace, name, handler_status)
     except Exception as error:
         log.warning("status of Handler %s/%s not written: %s", namespace, name, error)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -32,6 +31,7 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from schedulezero_handler import client as client_
+from schedulezero_operator import budget as budget_
 from schedulezero_operator import runs, sinks, status, triggers
 from schedulezero_operator.errors import InvalidSchedule
 from schedulezero_operator.metrics import OperatorMetrics
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 UTC = datetime.UTC
 
 
+BURST_BATCH = 256
+"""Due Schedules looked at per turn of the event loop: in a burst, a batch's calls are sent before the next."""
+
+
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(UTC)
 
@@ -50,6 +54,8 @@ def utcnow() -> datetime.datetime:
 class EngineSettings:
     status_interval: float = 2.0
     """At most one status write per Schedule per this many seconds."""
+    status_settle: float = 0.5
+    """How long a change waits before its status write: a run that ends within it costs one write, not two."""
     catch_up_limit: int = 1000
     """Missed times looked at after downtime or suspension, the most recent ones."""
     stop_grace: float = 10.0
@@ -135,6 +141,7 @@ class Engine:
         settings: EngineSettings | None = None,
         owner: Callable[[ScheduleKey], bool] | None = None,
         on_progress: Callable[[ScheduleKey], None] | None = None,
+        budget: budget_.Budget | None = None,
     ) -> None:
         self.client = client
         self._owns = owner or _always
@@ -149,13 +156,22 @@ class Engine:
         self._handlers: dict[tuple[str, str], HandlerInfo] = {}
         self._by_handler: defaultdict[tuple[str, str], set[ScheduleKey]] = defaultdict(set)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._firing: collections.deque[tuple[str, list[datetime.datetime]]] = collections.deque()
+        """Due times APScheduler handed over and the engine has not looked at yet."""
+        self._draining = False
+        self._drained = asyncio.Event()
+        """Set while no burst is being fired: runs ending meanwhile record their outcome after it."""
+        self._drained.set()
         self._started = time.monotonic()
         self._writer = sinks.StatusWriter(
             status_sink,
             self.render_status,
             interval=self.settings.status_interval,
+            settle=self.settings.status_settle,
+            budget=budget,
             on_write=self.metrics.status_writes.inc,
         )
+        self.metrics.track_status(self._writer, budget)
         # APScheduler logs every job added at INFO: with thousands of Schedules, noise.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self._scheduler = AsyncIOScheduler(
@@ -248,7 +264,11 @@ class Engine:
             self._event(key, warning=True, reason="InvalidSchedule", message=str(error))
             self._refresh(state)
             return state.invalid
-        self.metrics.suspended.labels(key.namespace, key.name).set(1 if state.suspended else 0)
+        self.metrics.series(self.metrics.suspended, *key.labels).set(1 if state.suspended else 0)
+        if first_seen:  # series made now rather than on the first run, which may be one of thousands at once
+            self.metrics.series(self.metrics.run_duration, *key.labels)
+            for outcome in (status.Outcome.SUCCEEDED, status.Outcome.FAILED):
+                self.metrics.series(self.metrics.runs, *key.labels, str(outcome))
         if state.suspended:
             self._unschedule(state)
         else:
@@ -327,6 +347,7 @@ class Engine:
         rendered["observedGeneration"] = state.generation
         rendered["nextRunTime"] = status.rfc3339(state.next_run_time)
         rendered["active"] = [run.render() for run in state.active.values()]
+        rendered["updatedTime"] = status.rfc3339(utcnow())
         return rendered
 
     def schedule_keys(self) -> list[ScheduleKey]:
@@ -344,17 +365,40 @@ class Engine:
         self._scheduler.add_job(
             _timer_job, trigger=state.trigger, id=job_id, replace_existing=True, next_run_time=state.next_run_time
         )
-        self.metrics.next_run.labels(state.key.namespace, state.key.name).set(state.next_run_time.timestamp())
+        self.metrics.series(self.metrics.next_run, *state.key.labels).set(state.next_run_time.timestamp())
 
     def _unschedule(self, state: ScheduleState) -> None:
         state.next_run_time = None
         job = self._scheduler.get_job(str(state.key))
         if job is not None:
             job.remove()
-        with contextlib.suppress(KeyError):
-            self.metrics.next_run.remove(state.key.namespace, state.key.name)
+        self.metrics.drop(self.metrics.next_run, *state.key.labels)
 
     def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
+        """APScheduler's hand-over: queued, since it hands over every due job before returning to the loop."""
+        self._firing.append((job_id, run_times))
+        if not self._draining:
+            self._draining = True
+            self._drained.clear()
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Fires a batch of the due Schedules, and leaves the rest for the next turn of the loop.
+
+        The runs started here send their first calls as soon as the loop runs
+        their tasks, which it does before the next batch: with thousands due
+        at the same instant, the first calls leave long before the last
+        Schedules are looked at.
+        """
+        for _ in range(min(BURST_BATCH, len(self._firing))):
+            self._fire_now(*self._firing.popleft())
+        if self._firing:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._draining = False
+            self._drained.set()
+
+    def _fire_now(self, job_id: str, run_times: list[datetime.datetime]) -> None:
         namespace, _, name = job_id.partition("/")
         state = self._schedules.get(ScheduleKey(namespace, name))
         if state is None or state.trigger is None:
@@ -365,7 +409,7 @@ class Engine:
             return
         state.unowned_since = None
         if state.next_run_time is not None:
-            self.metrics.next_run.labels(namespace, name).set(state.next_run_time.timestamp())
+            self.metrics.series(self.metrics.next_run, namespace, name).set(state.next_run_time.timestamp())
         for nominal in run_times:
             self._due(state, nominal)
         if state.next_run_time is None:
@@ -525,6 +569,8 @@ class Engine:
                 raise
             self._writer.mark(state.key)  # shows it in active as interrupted
             return None
+        if not self._drained.is_set():  # a burst's calls go out first; the records can wait
+            await self._drained.wait()
         state.active.pop(run.id, None)
         if self._schedules.get(state.key) is state:  # not removed or re-created meanwhile
             self._progressed(state.key)
@@ -538,12 +584,12 @@ class Engine:
             successful_limit=int(state.spec.get("successfulRunsHistoryLimit", 3)),
             failed_limit=int(state.spec.get("failedRunsHistoryLimit", 3)),
         )
-        self.metrics.runs.labels(key.namespace, key.name, str(record.outcome)).inc()
+        self.metrics.series(self.metrics.runs, *key.labels, str(record.outcome)).inc()
         if record.start_time is not None and record.finish_time is not None:
             duration = (record.finish_time - record.start_time).total_seconds()
-            self.metrics.run_duration.labels(key.namespace, key.name).observe(duration)
+            self.metrics.series(self.metrics.run_duration, *key.labels).observe(duration)
         if record.outcome is status.Outcome.SUCCEEDED and record.finish_time is not None:
-            self.metrics.last_success.labels(key.namespace, key.name).set(record.finish_time.timestamp())
+            self.metrics.series(self.metrics.last_success, *key.labels).set(record.finish_time.timestamp())
         elif record.outcome in (status.Outcome.FAILED, status.Outcome.TIMED_OUT) and record.error is not None:
             message = (
                 f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} after {record.attempts} attempts: "

@@ -23,6 +23,7 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import security
+from schedulezero_operator import budget as budget_
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,36 @@ class Api:
         await self.core.create_namespaced_event(event.metadata.namespace, event)
 
 
+class ElectionStore:
+    """What the Lease and checkpoint stores share: where their objects live, and the API budget's first place.
+
+    Their requests have a short timeout, so that one stalled by a partition
+    does not hold up the election rounds after it heals.
+    """
+
+    api_class: Any
+    """The kubernetes_asyncio API class of their objects."""
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        *,
+        namespace: str,
+        prefix: str,
+        timeout: float = 5.0,
+        budget: budget_.Budget | None = None,
+    ) -> None:
+        self._api = self.api_class(api_client)
+        self.namespace = namespace
+        self._prefix = prefix
+        self._timeout = timeout
+        self._budget = budget
+
+    async def _take(self, kind: str) -> None:
+        if self._budget is not None:
+            await self._budget.acquire(kind, priority=budget_.Priority.ELECTION)
+
+
 class ScheduleStatusSink:
     """The engine's StatusSink: each write is one status-subresource patch."""
 
@@ -121,11 +152,14 @@ class EventRecorder:
     A Schedule firing every second and failing every time would otherwise
     write an Event per run; instead the next Event after a quiet interval says
     how many were held back. Posting happens in a background task, so callers
-    never wait on the API.
+    never wait on the API; each Event takes a token from the ``budget``.
     """
 
-    def __init__(self, api: Api, *, interval: float = 60.0, instance: str = "") -> None:
+    def __init__(
+        self, api: Api, *, interval: float = 60.0, instance: str = "", budget: budget_.Budget | None = None
+    ) -> None:
         self._api = api
+        self._budget = budget
         self._interval = interval
         self._instance = instance
         self._last: dict[tuple[str, str, str, str], float] = {}
@@ -173,6 +207,8 @@ class EventRecorder:
     async def _post(self) -> None:
         while True:
             event = await self._queue.get()
+            if self._budget is not None:
+                await self._budget.acquire("event")
             try:
                 await self._api.create_event(event)
             except Exception as error:

@@ -8,24 +8,20 @@ from typing import Any
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from schedulezero_operator import election
+from schedulezero_operator import election, kubeapi
 
 MEMBER_LABEL = "schedulezero.io/member"
 """On the replicas' heartbeat Leases, so they can be listed apart from the shards'."""
 SHARD_LABEL = "schedulezero.io/shard"
 
 
-class KubeLeases:
+class KubeLeases(kubeapi.ElectionStore):
     """``election.LeaseStore`` on the Kubernetes API."""
 
-    def __init__(self, api_client: k8s.ApiClient, *, namespace: str, prefix: str, timeout: float = 5.0) -> None:
-        self._api = k8s.CoordinationV1Api(api_client)
-        self.namespace = namespace
-        self._prefix = prefix
-        self._timeout = timeout
-        """Seconds per request: a request stalled by a partition must not hold up the rounds after it heals."""
+    api_class = k8s.CoordinationV1Api
 
     async def get(self, name: str) -> election.LeaseRecord | None:
+        await self._take("lease")
         try:
             lease = await self._api.read_namespaced_lease(name, self.namespace, _request_timeout=self._timeout)
         except ApiException as error:
@@ -35,6 +31,7 @@ class KubeLeases:
         return _record(lease)
 
     async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
+        await self._take("lease")
         try:
             return _record(
                 await self._api.create_namespaced_lease(
@@ -47,6 +44,7 @@ class KubeLeases:
             raise
 
     async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
+        await self._take("lease")
         lease = self._lease(name, record)
         lease.metadata.resource_version = record.version  # the precondition: fails if it moved on since
         try:
@@ -66,12 +64,14 @@ class KubeLeases:
         )
 
     async def members(self) -> dict[str, election.LeaseRecord]:
+        await self._take("lease")
         leases = await self._api.list_namespaced_lease(
             self.namespace, label_selector=f"{MEMBER_LABEL}=true", _request_timeout=self._timeout
         )
         return {lease.metadata.name: _record(lease) for lease in leases.items}
 
     async def delete(self, name: str) -> None:
+        await self._take("lease")
         try:
             await self._api.delete_namespaced_lease(name, self.namespace, _request_timeout=self._timeout)
         except ApiException as error:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Iterator
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 import schedulezero_handler
-from schedulezero_operator import election
+from schedulezero_operator import election, sinks
+from schedulezero_operator.budget import Budget
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -73,6 +76,12 @@ class OperatorMetrics:
         self.status_writes = Counter(
             "schedulezero_status_writes", "Schedule status writes (coalesced runs).", registry=self.registry
         )
+        self.api_requests = Counter(
+            "schedulezero_api_requests",
+            "Requests to the Kubernetes API let through by the API budget, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         build_info = Gauge(
             "schedulezero_build_info",
             "Version of the running operator.",
@@ -80,17 +89,32 @@ class OperatorMetrics:
             registry=self.registry,
         )
         build_info.labels(schedulezero_handler.__version__, platform.python_version()).set(1)
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+    def series(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: on a burst of fires the lookup costs more than the update."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def drop(self, metric: MetricWrapperBase, *labels: str) -> None:
+        """Removes a series, so the next scrape no longer shows it."""
+        self._children.pop((metric, labels), None)
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
 
     def forget(self, namespace: str, schedule: str) -> None:
         """Drops a removed Schedule's series."""
-        for gauge in (self.next_run, self.last_success, self.suspended):
-            with contextlib.suppress(KeyError):
-                gauge.remove(namespace, schedule)
+        for metric in (self.next_run, self.last_success, self.suspended, self.run_duration):
+            self.drop(metric, namespace, schedule)
         for outcome in ("Succeeded", "Failed", "TimedOut", "Skipped", "Missed", "Cancelled"):
-            with contextlib.suppress(KeyError):
-                self.runs.remove(namespace, schedule, outcome)
-        with contextlib.suppress(KeyError):
-            self.run_duration.remove(namespace, schedule)
+            self.drop(self.runs, namespace, schedule, outcome)
+
+    def track_status(self, writer: sinks.StatusWriter, budget: Budget | None = None) -> None:
+        """Registers the status backlog (and the API budget's queue) as gauges read at scrape time."""
+        self.registry.register(_BacklogCollector(writer, budget))
 
     def track_election(self, elector: election.Elector) -> HaMetrics:
         """Registers the metrics of sharded election and checkpoints."""
@@ -115,6 +139,31 @@ class HaMetrics:
         self.checkpoint_size = Gauge(
             "schedulezero_checkpoint_size_bytes", "Size of the last checkpoint written.", ["shard"], registry=registry
         )
+
+
+class _BacklogCollector(Collector):
+    """How far statuses lag: what waits for a write, and for how long."""
+
+    def __init__(self, writer: sinks.StatusWriter, budget: Budget | None) -> None:
+        self._writer = writer
+        self._budget = budget
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pending, oldest = self._writer.backlog()
+        yield GaugeMetricFamily(
+            "schedulezero_status_pending", "Schedules with a status change not yet written.", value=pending
+        )
+        yield GaugeMetricFamily(
+            "schedulezero_status_oldest_pending_seconds",
+            "Age of the oldest status change not yet written: how stale a status may be now.",
+            value=oldest,
+        )
+        if self._budget is not None:
+            yield GaugeMetricFamily(
+                "schedulezero_api_budget_waiting",
+                "Requests waiting for the API budget's next token.",
+                value=self._budget.waiting,
+            )
 
 
 class _ElectionCollector(Collector):

@@ -30,6 +30,11 @@ RUN_NAMESPACE = uuid.UUID("6f0c3d1e-5a7b-4c2d-9e8f-1a2b3c4d5e6f")
 """Fixed namespace of run ids; changing it would make every handler run everything again."""
 
 
+BUSY_BACKOFF = 0.02
+"""Seconds of the first wait after a Busy answer; each further one doubles it, with jitter."""
+BUSY_MAX_BACKOFF = 1.0
+"""Longest wait after a Busy answer: a burst spreads over the handler's capacity without idling it."""
+
 MAX_PARAMS_SIZE = 64 * 1024
 """Bytes of JSON a Schedule's params may take, as the CRD documents: every run sends them."""
 
@@ -174,7 +179,11 @@ async def _attempts(
     if endpoint is None:
         record.error = {"type": "HandlerNotFound", "message": f"Handler {plan.handler!r} does not exist"}
         return
-    rng = random.Random(run.id.bytes)
+    rng: random.Random | None = None  # seeded by the run id on a first failure: the same jitter on every fire
+    nominal = status.rfc3339(run.nominal)
+    # A handler at its limit of calls in flight answers Busy without running the call: the run backs off
+    # and sends the same attempt again, for as long as the method's own timeout, without using up attempts.
+    busy, busy_until = 0, loop.time() + plan.timeout
     while True:
         run.attempt += 1
         if on_attempt is not None:
@@ -186,26 +195,31 @@ async def _attempts(
             timeout_ms=max(1, int(plan.timeout * 1000)),
             attempt=run.attempt,
             schedule=run.schedule,
-            scheduled_time=status.rfc3339(run.nominal),
+            scheduled_time=nominal,
         )
         started = loop.time()
         try:
             value = await client.attempt(endpoint, call)
         except errors.CallError as error:
-            metrics.rpc_calls.labels(plan.handler, error.type).inc()
-            metrics.rpc_duration.labels(plan.handler).observe(loop.time() - started)
+            metrics.series(metrics.rpc_calls, plan.handler, error.type).inc()
+            metrics.series(metrics.rpc_duration, plan.handler).observe(loop.time() - started)
             record.outcome = status.Outcome.TIMED_OUT if error.type == "DeadlineExceeded" else status.Outcome.FAILED
             record.error = {"type": error.type, "message": error.message[:1024]}
-            if not error.retryable or run.attempt >= plan.retry.max_attempts:
+            rng = rng or random.Random(run.id.bytes)
+            if error.type == "Busy" and loop.time() < busy_until:
+                busy, run.attempt = busy + 1, run.attempt - 1
+                delay = rng.uniform(0.5, 1.0) * min(BUSY_MAX_BACKOFF, BUSY_BACKOFF * 2 ** min(busy, 16))
+            elif not error.retryable or run.attempt >= plan.retry.max_attempts:
                 return
-            delay = plan.retry.delay(run.attempt, rng)
+            else:
+                delay = plan.retry.delay(run.attempt, rng)
             if run.retry_until is not None and _now() + datetime.timedelta(seconds=delay) >= run.retry_until:
                 record.error["message"] += " (no retry: the next run is due)"
                 return
             await asyncio.sleep(delay)
             continue
-        metrics.rpc_calls.labels(plan.handler, "OK").inc()
-        metrics.rpc_duration.labels(plan.handler).observe(loop.time() - started)
+        metrics.series(metrics.rpc_calls, plan.handler, "OK").inc()
+        metrics.series(metrics.rpc_duration, plan.handler).observe(loop.time() - started)
         record.outcome = status.Outcome.SUCCEEDED
         record.error = None
         record.result = status.cut_result(value)

@@ -515,3 +515,41 @@ async def test_times_skipped_while_not_owned_are_caught_up_even_before_a_first_r
     seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
     assert (seen[0] - _created[key]).total_seconds() <= 1.0  # the first time due after creation ran
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
+
+
+async def test_a_burst_of_a_thousand_same_instant_runs_all_run_once_despite_busy(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    sink = MemorySink()
+    engine = engine_.Engine(client=client, status_sink=sink)
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await engine.start()
+    instant = (now() + datetime.timedelta(seconds=3)).replace(microsecond=0)
+    # 50 ms each against the handler's default of 64 calls in flight: most of the burst is first answered Busy.
+    # One attempt each: a Busy answer that used up an attempt would fail its run.
+    spec = {
+        "method": "tick",
+        "params": {"seconds": 0.05},
+        "schedule": "@every 3600s",
+        "startTime": instant.isoformat(),
+        "retry": {"maxAttempts": 1},
+    }
+    try:
+        keys = [apply(engine, spec, key=ScheduleKey(NAMESPACE, f"burst-{index}")) for index in range(1000)]
+        await eventually(lambda: all(records(engine, key) for key in keys), timeout=60)
+        await eventually(lambda: all(sink.statuses.get(key, {}).get("runs") for key in keys), timeout=30)
+    finally:
+        await engine.stop()
+    outcomes = {records(engine, key)[0]["outcome"] for key in keys}
+    assert outcomes == {"Succeeded"}
+    assert all(sink.statuses[key]["runs"][0]["outcome"] == "Succeeded" for key in keys)  # as written
+    seen = [
+        t for t in await client.call(handler.endpoint, "ticks_seen") if t["schedule"].startswith(f"{NAMESPACE}/burst-")
+    ]
+    assert len(seen) == 1000  # every run executed...
+    assert len({t["run"] for t in seen}) == 1000  # ...each once
+    assert {t["attempt"] for t in seen} == {1}
+    busy = engine.metrics.registry.get_sample_value(
+        "schedulezero_rpc_calls_total", {"handler": f"{NAMESPACE}/probe", "code": "Busy"}
+    )
+    assert (busy or 0) > 0  # the burst did meet the handler's limit
