@@ -18,9 +18,11 @@ EXAMPLES = controlplane.REPO / "manifests" / "examples"
 CRDS = controlplane.REPO / "manifests" / "crds"
 
 
-def printer_columns(crd_file: str) -> list[str]:
+def printer_columns(crd_file: str, *, wide: bool = False) -> list[str]:
+    """The columns ``kubectl get`` shows; with ``wide``, those of ``-o wide`` too (priority above 0)."""
     crd = yaml.safe_load((CRDS / crd_file).read_text())
-    return [column["name"].upper() for column in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    return [column["name"].upper() for column in columns if wide or not column.get("priority")]
 
 
 def header_fields(header: str, names: list[str]) -> list[str]:
@@ -86,6 +88,7 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
                 }
             ],
             "runs": [{"runId": "r1", "scheduledTime": last_run, "outcome": "Succeeded"}],
+            "updatedTime": last_run,
         }
     }
     cluster.kubectl(
@@ -123,6 +126,11 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
         "report-handler",
     ]
     assert row.split()[7:13] == ["build_report", "false", "True", "20m", "Succeeded", next_run]
+    header, row = cluster.kubectl("get", "sched", "-n", namespace, "-o", "wide").stdout.splitlines()
+    wide = printer_columns("schedules.schedulezero.io.yaml", wide=True)
+    assert header_fields(header, ["NAME", *wide]) == ["NAME", *wide]
+    assert wide[-2:] == ["UPDATED", "AGE"]
+    assert row.split()[13] == "20m"  # how old the status is: a lagging one shows as such
 
 
 def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:

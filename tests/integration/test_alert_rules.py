@@ -30,6 +30,7 @@ _OPERATOR_METRICS = {
     "schedulezero_rpc_calls_total",
     "schedulezero_build_info",
     "schedulezero_status_writes_total",
+    "schedulezero_status_oldest_pending_seconds",
 }
 _HISTOGRAMS = {
     "schedulezero_schedule_run_duration_seconds",
