@@ -134,7 +134,7 @@ def running_handler(log_dir: pathlib.Path) -> Iterator[processes.HandlerProcess]
 def running_operator(
     cluster: controlplane.Cluster, log_dir: pathlib.Path, args: argparse.Namespace
 ) -> Iterator[benchlib.ServerProcess]:
-    """``schedulezero operator`` with the defaults (status interval 2 s) but the API budget, and no liveness."""
+    """``schedulezero operator`` with the defaults (status interval 2 s) but the budget and shards, no liveness."""
     log = log_dir / "operator.log"
     argv = [benchlib.SCHEDULEZERO, "operator", "-n", NAMESPACE, "--metrics-port", str(args.metrics_port)]
     argv += [
@@ -144,6 +144,8 @@ def running_operator(
         str(args.kube_api_qps),
         "--kube-api-burst",
         str(args.kube_api_burst),
+        "--shards",
+        str(args.shards),
     ]
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
@@ -358,6 +360,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline", type=float, default=20.0, help="length of the window before the operator")
     parser.add_argument("--kube-api-qps", type=float, default=20.0, help="the operator's API budget (its default)")
     parser.add_argument("--kube-api-burst", type=int, default=40, help="the operator's API burst (its default)")
+    parser.add_argument("--shards", type=int, default=4, help="the operator's shards (the chart's default)")
     return parser.parse_args()
 
 

@@ -9,9 +9,10 @@ however many Schedules there are. A new owner starts from the newer of a
 Schedule's status and its checkpoint, and re-sends the runs in flight under
 the same run ids, which a handler answers from its reply cache.
 
-Size: an entry is about 57 bytes (a uid and a millisecond timestamp), so one
-checkpoint stays under the API server's 1 MiB object limit up to about 16,000
-Schedules per shard; with 10,000 Schedules per shard it is about 570 KB. A
+Size: an entry is about 57 bytes (a uid and a millisecond timestamp), about
+100 with a run in flight, so one checkpoint stays under the API server's 1 MiB
+object limit up to about 9,000 Schedules per shard that all have a run in
+flight (10,000 such Schedules take 1.03 MB). A
 checkpoint that would exceed ``MAX_SIZE`` is not written, and says so loudly
 (an ERROR log line and ``schedulezero_checkpoint_oversized``): use more shards.
 """

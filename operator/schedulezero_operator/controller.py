@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import datetime
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import kopf
@@ -30,7 +30,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from schedulezero_handler import client as client_
 from schedulezero_handler import security
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import checkpoints, election, kubeapi, leases, probe, status
+from schedulezero_operator import checkpoints, election, election_thread, kubeapi, leases, probe, status
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
@@ -75,6 +75,7 @@ class Runtime:
     events: kubeapi.EventRecorder
     prober: probe.Prober
     elector: election.Elector
+    election: election_thread.ElectionThread
     checkpointer: checkpoints.Checkpointer
     ha_metrics: HaMetrics
     uids: dict[tuple[str, str, str], str]
@@ -82,12 +83,16 @@ class Runtime:
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Last Handler status written, by namespace/name."""
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
-    taking_over: set[int] = dataclasses.field(default_factory=set)
-    """Shards acquired whose checkpoints are still being read: nothing of them fires yet."""
+    taken: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Shards taken over (checkpoint read, Schedules caught up), with the acquisition each was taken on: a
+    shard acquired again is acted for only once caught up again."""
+
+    def owns_shard(self, shard: int) -> bool:
+        elector = self.elector
+        return self.taken.get(shard, -1) == elector.generation.get(shard) and elector.owns_shard(shard)
 
     def owns(self, namespace: str, name: str) -> bool:
-        shard = election.shard_of(namespace, name, self.elector.settings.shards)
-        return shard not in self.taking_over and self.elector.owns_shard(shard)
+        return self.owns_shard(election.shard_of(namespace, name, self.elector.settings.shards))
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -147,7 +152,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         await runtime.prober.stop()
         await runtime.engine.stop()
         await runtime.checkpointer.stop()
-        await runtime.elector.stop()
+        await runtime.election.stop()
         await runtime.events.stop()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
         await runtime.client.close()
@@ -212,18 +217,21 @@ async def _start(config: ControllerSettings) -> Runtime:
     events = kubeapi.EventRecorder(api, interval=config.event_interval, budget=budget)
     uids: dict[tuple[str, str, str], str] = {}
     shards = config.ha.shards
-    elector = election.Elector(
-        leases.KubeLeases(api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix, budget=budget),
-        identity=config.identity,
-        settings=config.ha,
-    )
+    elector = election.Elector(election_thread.NotConnected(), identity=config.identity, settings=config.ha)
+
+    async def connect_leases() -> tuple[election.LeaseStore, Callable[[], Awaitable[None]]]:
+        """In the election's own loop: a client of its own, outside the budget (see election_thread)."""
+        api_client = await kubeapi.connect()
+        store = leases.KubeLeases(api_client, namespace=config.lease_namespace, prefix=config.ha.prefix)
+        return store, api_client.close
+
     checkpointer = checkpoints.Checkpointer(
         checkpoints.KubeCheckpoints(
             api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix, budget=budget
         ),
         progress=lambda key: runtime.engine.progress(key),
         shard_of=lambda key: election.shard_of(key.namespace, key.name, shards),
-        owns_shard=lambda shard: shard not in runtime.taking_over and elector.owns_shard(shard),
+        owns_shard=lambda shard: runtime.owns_shard(shard),
         on_write=lambda shard, size: _checkpointed(runtime, shard, size),
     )
     engine = engine_.Engine(
@@ -250,19 +258,21 @@ async def _start(config: ControllerSettings) -> Runtime:
         events=events,
         prober=prober,
         elector=elector,
+        election=election_thread.ElectionThread(elector, connect_leases),
         checkpointer=checkpointer,
         ha_metrics=metrics.track_election(elector),
         uids=uids,
     )
-    elector.on_acquired = lambda shard: _acquired(runtime, shard)
-    elector.on_lost = lambda shard, why: _lost(runtime, shard, why)
     if config.metrics_port:
         metrics.serve(port=config.metrics_port)
     events.start()
     await runtime.engine.start()
     runtime.prober.start()
     checkpointer.start()
-    elector.start()
+    await runtime.election.start(
+        on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),
+        on_lost=lambda shard, why: _lost(runtime, shard, why),
+    )
     log.info(
         "operator %s: %d shards, Leases %s-shard-N in %s",
         config.identity, shards, config.ha.prefix, config.lease_namespace,
@@ -270,23 +280,23 @@ async def _start(config: ControllerSettings) -> Runtime:
     return runtime
 
 
-def _acquired(runtime: Runtime, shard: int) -> None:
+def _acquired(runtime: Runtime, shard: int, generation: int) -> None:
     """A shard is ours: nothing of it fires until its checkpoint is read and its Schedules caught up."""
-    runtime.taking_over.add(shard)
     runtime.ha_metrics.transitions.labels("acquired").inc()
-    runtime.spawn(_take_over(runtime, shard))
+    runtime.spawn(_take_over(runtime, shard, generation))
 
 
-async def _take_over(runtime: Runtime, shard: int) -> None:
+async def _take_over(runtime: Runtime, shard: int, generation: int) -> None:
     try:
         progress = await runtime.checkpointer.load(shard)
     except Exception as error:  # status alone then says where each Schedule got to
         log.warning("checkpoint of shard %d unreadable (%s); catching up from status", shard, error)
         progress = {}
-    finally:
-        runtime.taking_over.discard(shard)
+    if runtime.elector.generation.get(shard) != generation:
+        return  # lost (and maybe acquired again) meanwhile: that acquisition takes over for itself
+    runtime.taken[shard] = generation
     keys = runtime.checkpointer.keys(shard)
-    runtime.engine.take_over(keys, progress)
+    await runtime.engine.take_over(keys, progress)
     log.info("shard %d: took over %d Schedules (holding %s)", shard, len(keys), runtime.elector.held())
 
 

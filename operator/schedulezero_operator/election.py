@@ -128,6 +128,9 @@ class Elector:
         """Shards held, with the (monotonic) start of their last successful renew."""
         self.transitions = 0
         """Shards this replica took over from another holder or from nobody."""
+        self.generation: dict[int, int] = {}
+        """Per shard, which of this replica's acquisitions holds it now (the count of transitions then): the
+        operator acts for a shard only once it has caught up on this very acquisition."""
         self.live_members = 1
         self._seen: dict[str, _Seen] = {}
         self._stopping = False
@@ -144,7 +147,7 @@ class Elector:
         return self.owns_shard(shard_of(namespace, name, self.settings.shards))
 
     def held(self) -> list[int]:
-        return sorted(shard for shard in self.renewed if self.owns_shard(shard))
+        return sorted(shard for shard in list(self.renewed) if self.owns_shard(shard))  # a copy: another thread
 
     # -- running ------------------------------------------------------------------
 
@@ -279,8 +282,9 @@ class Elector:
             log.warning("shard %d: acquiring failed: %s", shard, error)
             return
         self._seen[name] = _Seen(taken.version, self.clock())
-        self.renewed[shard] = started
         self.transitions += 1
+        self.generation[shard] = self.transitions  # before the shard shows as held, for another thread
+        self.renewed[shard] = started
         log.info("shard %d acquired (holding %s)", shard, sorted(self.renewed))
         if self.on_acquired is not None:
             self.on_acquired(shard)

@@ -301,30 +301,36 @@ class Engine:
         self._writer.mark(key)
         return True
 
-    def take_over(self, keys: list[ScheduleKey], checkpoint: dict[str, Progress]) -> None:
+    async def take_over(self, keys: list[ScheduleKey], checkpoint: dict[str, Progress]) -> None:
         """This engine now owns ``keys`` (a shard acquired): catches each up as after a restart.
 
         It starts from the newer of the Schedule's status and ``checkpoint``
         (Progress by Schedule uid), and runs again, under the same run ids, the
-        runs either shows in flight.
+        runs either shows in flight. Thousands of Schedules are taken in
+        batches, returning to the loop in between: their runs start sending
+        meanwhile, and nothing else waits for the whole shard.
         """
-        for key in keys:
+        for number, key in enumerate(keys, start=1):
+            if number % BURST_BATCH == 0:
+                await asyncio.sleep(0)
             state = self._schedules.get(key)
             if state is None or not self._owns(key):
                 continue
             progress = checkpoint.get(state.uid)
-            if state.history.last_schedule_time is None and state.unowned_since is not None:
-                state.history.last_schedule_time = state.unowned_since - datetime.timedelta(microseconds=1)
-            state.unowned_since = None
             if progress is not None:
                 last = state.history.last_schedule_time
                 if progress.last_scheduled is not None and (last is None or progress.last_scheduled > last):
                     state.history.last_schedule_time = progress.last_scheduled
                 state.history.unfinished = sorted({*state.history.unfinished, *progress.in_flight})
+            # Only when neither the status (as this replica has seen it: it may lag) nor the checkpoint says
+            # the Schedule ever ran: from the first time due while this replica watched without owning it.
+            if state.history.last_schedule_time is None and state.unowned_since is not None:
+                state.history.last_schedule_time = state.unowned_since - datetime.timedelta(microseconds=1)
+            state.unowned_since = None
             if state.invalid is not None:  # a new owner reports what its predecessor (or nobody yet) did
                 self._event(key, warning=True, reason="InvalidSchedule", message=state.invalid)
             elif state.trigger is not None and not state.suspended:
-                self._catch_up(state)
+                self._catch_up(state, level=logging.DEBUG)  # one line per shard instead, from the caller
                 self._schedule_next(state, after=utcnow())
             self._refresh(state)
 
@@ -391,7 +397,11 @@ class Engine:
         Schedules are looked at.
         """
         for _ in range(min(BURST_BATCH, len(self._firing))):
-            self._fire_now(*self._firing.popleft())
+            job_id, run_times = self._firing.popleft()
+            try:
+                self._fire_now(job_id, run_times)
+            except Exception:  # one Schedule, however broken, neither stops the burst nor the ones after it
+                log.exception("%s: not fired", job_id)
         if self._firing:
             asyncio.get_running_loop().call_soon(self._drain)
         else:
@@ -415,7 +425,7 @@ class Engine:
         if state.next_run_time is None:
             self._refresh(state)
 
-    def _catch_up(self, state: ScheduleState) -> None:
+    def _catch_up(self, state: ScheduleState, *, level: int = logging.INFO) -> None:
         """Applies catchUpPolicy to the times missed since lastScheduleTime."""
         assert state.trigger is not None
         last = state.history.last_schedule_time
@@ -437,7 +447,8 @@ class Engine:
         to_run = [] if policy == "Skip" else eligible[-1:] if policy == "Latest" else eligible
         missed = [t for t in times if t not in to_run]
         to_run = sorted({*to_run, *unfinished})
-        log.info(
+        log.log(
+            level,
             "%s: catching up from %s: %d runs missed, %d in flight at the stop; running %d (catchUpPolicy %s)",
             state.key, status.rfc3339(last), total, len(unfinished), len(to_run), policy,
         )  # fmt: skip

@@ -236,13 +236,15 @@ def test_every_run_happens_once_through_kills_pauses_partitions_and_a_rolling_re
     duplicated = {key: counts[key] for key in window if counts[key] > 1}
     assert not duplicated, f"{len(duplicated)} runs executed more than once, e.g. {list(duplicated.items())[:5]}"
     gaps = []
+    one = datetime.timedelta(seconds=1)
     for i in range(100):
         seen = sorted(datetime.datetime.fromisoformat(n) for s, n in window if s == f"{namespace}/beat-{i:03d}")
         bounds = [start, *seen, end]
         worst = max((b - a).total_seconds() for a, b in itertools.pairwise(bounds))
         if worst > 1.0:
-            gaps.append((i, worst))
-    assert not gaps, f"runs missing (Schedule, longest gap in s): {gaps[:10]}"
+            missing = [f"{a:%H:%M:%S.%f}..{b:%H:%M:%S.%f}" for a, b in itertools.pairwise(bounds) if b - a > one]
+            gaps.append((i, worst, missing))
+    assert not gaps, f"runs missing (Schedule, longest gap in s, between): {gaps[:10]}\n" + "\n".join(failovers)
 
 
 def live(replicas: Replicas) -> list[Operator]:

@@ -106,6 +106,28 @@ def soon(seconds: float = 1.0) -> str:
     return (now() + datetime.timedelta(seconds=seconds)).isoformat()
 
 
+class Ownership:
+    """Whether the engine under test owns its Schedules now, as its shard's Lease would say."""
+
+    def __init__(self) -> None:
+        self.owned = False
+
+    def __call__(self, key: ScheduleKey) -> bool:
+        return self.owned
+
+
+async def fenced_engine(
+    handler: processes.HandlerProcess, client: client_.Client, ownership: Ownership
+) -> tuple[engine_.Engine, MemorySink]:
+    """A started engine that acts only while ``ownership`` says so, as a replica of the operator does."""
+    sink = MemorySink()
+    settings = engine_.EngineSettings(status_interval=0.2)
+    engine = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings, owner=ownership)
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await engine.start()
+    return engine, sink
+
+
 async def test_retries_until_success_and_records_the_attempts(engine: engine_.Engine) -> None:
     key = apply(
         engine,
@@ -466,12 +488,8 @@ async def test_a_standby_fires_nothing_until_it_takes_over_from_the_checkpoint(
 ) -> None:
     """A replica that does not own a Schedule keeps it warm but silent; taking it over starts from the
     newer of status and checkpoint, and re-sends the run the previous owner had in flight."""
-    owned = False
-    sink = MemorySink()
-    settings = engine_.EngineSettings(status_interval=0.2)
-    standby = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings, owner=lambda key: owned)
-    standby.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
-    await standby.start()
+    ownership = Ownership()
+    standby, sink = await fenced_engine(handler, client, ownership)
     key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
     created = (now() - datetime.timedelta(seconds=20)).replace(microsecond=0)
     _created[key] = created
@@ -482,8 +500,8 @@ async def test_a_standby_fires_nothing_until_it_takes_over_from_the_checkpoint(
         assert await ticks(client, handler, key) == []
         assert key not in sink.statuses  # its owner writes its status, not a standby
         checkpointed = created + datetime.timedelta(seconds=15)
-        owned = True
-        standby.take_over([key], {f"uid-{key.name}": engine_.Progress(checkpointed, (checkpointed,))})
+        ownership.owned = True
+        await standby.take_over([key], {f"uid-{key.name}": engine_.Progress(checkpointed, (checkpointed,))})
         await eventually(lambda: len(records(standby, key)) >= 8)
     finally:
         await standby.stop()
@@ -497,23 +515,42 @@ async def test_times_skipped_while_not_owned_are_caught_up_even_before_a_first_r
 ) -> None:
     """A Schedule that never ran has no lastScheduleTime to catch up from: the engine remembers the first
     time it let pass while it did not own the Schedule (fenced, or its shard still being taken over)."""
-    owned = False
-    sink = MemorySink()
-    settings = engine_.EngineSettings(status_interval=0.2)
-    engine = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings, owner=lambda key: owned)
-    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
-    await engine.start()
+    ownership = Ownership()
+    engine, _ = await fenced_engine(handler, client, ownership)
     try:
         key = apply(engine, {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "All"})
         await asyncio.sleep(2.6)
         assert await ticks(client, handler, key) == []
-        owned = True
-        engine.take_over([key], {})
+        ownership.owned = True
+        await engine.take_over([key], {})
         await eventually(lambda: len(records(engine, key)) >= 4)
     finally:
         await engine.stop()
     seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
     assert (seen[0] - _created[key]).total_seconds() <= 1.0  # the first time due after creation ran
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
+
+
+async def test_a_checkpoint_older_than_the_first_time_let_pass_is_where_a_takeover_resumes(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """A replica started while another owned the Schedule has not seen its status yet (statuses lag behind
+    the API budget): the checkpoint, not the first time it let pass, says where the previous owner stopped."""
+    ownership = Ownership()
+    engine, _ = await fenced_engine(handler, client, ownership)
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    _created[key] = (now() - datetime.timedelta(seconds=20)).replace(microsecond=0)
+    try:
+        apply(engine, {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "All"}, key=key)
+        await asyncio.sleep(2.6)  # times let pass, unowned
+        last_run = now().replace(microsecond=0) - datetime.timedelta(seconds=5)  # where the previous owner was
+        ownership.owned = True
+        await engine.take_over([key], {f"uid-{key.name}": engine_.Progress(last_run)})
+        await eventually(lambda: len(records(engine, key)) >= 8)
+    finally:
+        await engine.stop()
+    seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
+    assert seen[0] == last_run + datetime.timedelta(seconds=1)  # the first time after the checkpoint
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
 
 
