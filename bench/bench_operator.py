@@ -208,16 +208,28 @@ class Window:
     oldest_pending_max: float = 0.0
     """The longest a status change waited for its write, as the operator's /metrics showed every 5 s."""
     pending_max: float = 0.0
+    scrape_bytes: int = 0
+    """Size of the operator's /metrics (per-Schedule series), the largest seen, and how long it took."""
+    scrape_seconds: float = 0.0
 
     def per_second(self, key: RequestKey | None = None) -> float:
         count = self.requests[key] if key is not None else sum(self.requests.values())
         return count / self.seconds
 
 
-def operator_gauge(port: int, name: str) -> float:
-    """A gauge from the operator's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def scrape(port: int) -> tuple[str, float]:
+    """The operator's /metrics and the seconds it took; empty if it did not answer within a minute."""
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
+            text = response.read().decode()
+    except OSError as error:
+        print(f"  /metrics did not answer: {error}", flush=True)
+        return "", time.perf_counter() - start
+    return text, time.perf_counter() - start
+
+
+def gauge(text: str, name: str) -> float:
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
@@ -234,18 +246,24 @@ def measure_window(
     before, cpu_before, start = api_requests(plane), cpu_seconds(pids), time.perf_counter()
     rss: list[float] = []
     oldest, pending = [0.0], [0.0]
+    scrapes: list[tuple[int, float]] = []
     while (left := seconds - (time.perf_counter() - start)) > 0:
         time.sleep(min(5.0, left))
         if operator is not None:
             rss.append(psutil.Process(operator).memory_info().rss / MIB)
         if metrics_port is not None:
-            oldest.append(operator_gauge(metrics_port, "schedulezero_status_oldest_pending_seconds"))
-            pending.append(operator_gauge(metrics_port, "schedulezero_status_pending"))
+            text, took = scrape(metrics_port)
+            oldest.append(gauge(text, "schedulezero_status_oldest_pending_seconds"))
+            pending.append(gauge(text, "schedulezero_status_pending"))
+            scrapes.append((len(text), took))
     after, cpu_after = api_requests(plane), cpu_seconds(pids)
     elapsed = time.perf_counter() - start
     requests = collections.Counter({key: after[key] - before[key] for key in after if after[key] > before[key]})
     cpu = {name: 100 * (cpu_after[name] - cpu_before[name]) / elapsed for name in pids}
-    return Window(elapsed, requests, cpu, max(rss, default=0.0), rss[-1] if rss else 0.0, 0, max(oldest), max(pending))
+    largest = max(scrapes, default=(0, 0.0))
+    return Window(
+        elapsed, requests, cpu, max(rss, default=0.0), rss[-1] if rss else 0.0, 0, max(oldest), max(pending), *largest
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +344,10 @@ def summary_table(result: Result, args: argparse.Namespace) -> str:
         [
             "status backlog, max seen every 5 s: Schedules waiting / oldest change",
             f"{steady.pending_max:,.0f} / {steady.oldest_pending_max:.1f} s",
+        ],
+        [
+            "operator /metrics: size / time to scrape it (largest)",
+            f"{steady.scrape_bytes / MIB:.1f} MiB / {steady.scrape_seconds:.1f} s",
         ],
         [
             "CPU at steady state: kube-apiserver / etcd / handler",

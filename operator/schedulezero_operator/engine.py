@@ -195,6 +195,8 @@ class Engine:
         their Schedules (a handler that finished them answers from its cache).
         """
         self._scheduler.shutdown(wait=False)
+        self._firing.clear()  # not looked at: not started, so the next owner (or this one, restarted) catches up
+        self._drained.set()
         active = [run for state in self._schedules.values() for run in state.active.values() if run.task]
         if active:
             _, late = await asyncio.wait([run.task for run in active if run.task], timeout=self.settings.stop_grace)

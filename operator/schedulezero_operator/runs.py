@@ -182,7 +182,7 @@ async def _attempts(
     rng: random.Random | None = None  # seeded by the run id on a first failure: the same jitter on every fire
     nominal = status.rfc3339(run.nominal)
     # A handler at its limit of calls in flight answers Busy without running the call: the run backs off
-    # and sends the same attempt again, for as long as the method's own timeout, without using up attempts.
+    # and tries again, for as long as the method's own timeout, and such refusals do not use up attempts.
     busy, busy_until = 0, loop.time() + plan.timeout
     while True:
         run.attempt += 1
@@ -207,12 +207,12 @@ async def _attempts(
             record.error = {"type": error.type, "message": error.message[:1024]}
             rng = rng or random.Random(run.id.bytes)
             if error.type == "Busy" and loop.time() < busy_until:
-                busy, run.attempt = busy + 1, run.attempt - 1
+                busy += 1
                 delay = rng.uniform(0.5, 1.0) * min(BUSY_MAX_BACKOFF, BUSY_BACKOFF * 2 ** min(busy, 16))
-            elif not error.retryable or run.attempt >= plan.retry.max_attempts:
+            elif not error.retryable or run.attempt - busy >= plan.retry.max_attempts:
                 return
             else:
-                delay = plan.retry.delay(run.attempt, rng)
+                delay = plan.retry.delay(run.attempt - busy, rng)
             if run.retry_until is not None and _now() + datetime.timedelta(seconds=delay) >= run.retry_until:
                 record.error["message"] += " (no retry: the next run is due)"
                 return

@@ -31,6 +31,7 @@ _OPERATOR_METRICS = {
     "schedulezero_build_info",
     "schedulezero_status_writes_total",
     "schedulezero_status_oldest_pending_seconds",
+    "schedulezero_api_requests_total",
 }
 _HISTOGRAMS = {
     "schedulezero_schedule_run_duration_seconds",
