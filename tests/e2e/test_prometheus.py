@@ -109,13 +109,14 @@ def test_prometheus_sees_the_real_state_of_the_handlers(stack: Stack) -> None:
     finally:
         gamma.kill()
 
-    eventually(lambda: prometheus.value(f'schedulezero_schedule_runs_total{{namespace="{ns}",schedule="tick"}}'))
+    # Summed: each Schedule's Succeeded and Failed series exist, at 0, from the moment it is applied.
+    eventually(lambda: prometheus.value(f'sum(schedulezero_schedule_runs_total{{namespace="{ns}",schedule="tick"}})'))
     assert prometheus.value('up{job="schedulezero-operator"}') == 1.0
 
 
 def test_every_dashboard_expression_parses_and_names_exported_metrics(stack: Stack) -> None:
     ns = stack.namespace
-    eventually(lambda: stack.prometheus.value(f'schedulezero_schedule_runs_total{{namespace="{ns}"}}'))
+    eventually(lambda: stack.prometheus.value(f'sum(schedulezero_schedule_runs_total{{namespace="{ns}"}})'))
     exported = _metric_names(stack.conductor.metrics_url) | _metric_names(f"http://{stack.operator_metrics}/metrics")
     exported |= {"up"}
     expressions = _dashboard_expressions(json.loads(DASHBOARD.read_text()))
