@@ -75,7 +75,7 @@ async def floor(handler: bench_engine.LatenessHandler, count: int) -> list[float
 
 async def engine(handler: bench_engine.LatenessHandler, count: int) -> list[float]:
     async with bench_engine.running_engine(handler) as (engine_, _):
-        instant = bench_engine.next_second() + LEAD + datetime.timedelta(seconds=count / 5_000)  # room to apply
+        instant = bench_engine.next_second() + LEAD + datetime.timedelta(seconds=count / 1_000)  # room to apply
         spec = {
             "handler": bench_engine.HANDLER,
             "method": "tick",
