@@ -286,7 +286,8 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path, client: cl
         await asyncio.sleep(0.3)
         handler.signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
-        with pytest.raises((errors.Unavailable, errors.DeadlineExceeded)):
+        # Answered at once, not dropped: a caller can retry elsewhere rather than wait out its deadline.
+        with pytest.raises(errors.Unavailable, match="shutting down"):
             await client.call(handler.endpoint, "echo", {"value": 1}, timeout=1)
         assert await in_flight == "drain"
         assert await asyncio.to_thread(handler.popen.wait, 10) == 0
