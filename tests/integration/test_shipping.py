@@ -179,3 +179,16 @@ def test_handler_chart_wires_curve_keys_for_both_sides(helm: pathlib.Path) -> No
 def test_manifests_match_the_rendered_chart(helm: pathlib.Path) -> None:
     done = run(sys.executable, REPO / "tools" / "render_manifests.py", helm, "--check")
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("bench", sorted(path.name for path in (REPO / "bench").glob("bench_*.py")))
+def test_every_benchmark_imports_with_what_make_venv_installs(bench: str) -> None:
+    """The documented commands run from ``make venv`` alone: nothing a benchmark imports may be missing."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {bench.removesuffix('.py')}"],
+        cwd=REPO / "bench",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
