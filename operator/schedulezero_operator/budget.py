@@ -2,15 +2,16 @@
 
 The API server and etcd serve the whole cluster, so a controller keeps to a
 client-side rate however much work it has (client-go calls it QPS and burst).
-Ours is shared by Schedule and Handler status, Events, Leases and checkpoints,
-so the operator's load on the API server is bounded by ``qps`` whatever the
+Ours is shared by Schedule and Handler status, Events and checkpoints (the
+election's Leases run on a thread of their own, outside it: see
+``election_thread``), so the operator's load on the API server is bounded by ``qps`` whatever the
 number of Schedules: what grows with them is how stale a status may get, which
 the status writer reports.
 
-The election comes first. A Lease not renewed in time hands its shard to
-another replica, so an election request never waits behind a backlog of status
-writes: it is served before them as soon as a token is there, that is within
-``1 / qps`` seconds.
+Checkpoints come first. A checkpoint written late makes a failover run again
+what already ran, so a checkpoint write never waits behind a backlog of
+status writes: it is served before them as soon as a token is there, that is
+within ``1 / qps`` seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Priority(enum.IntEnum):
     """Who is served first when tokens are short; lower values first."""
 
     ELECTION = 0
-    """Leases and checkpoints: late, they cost a failover or a run twice."""
+    """Checkpoints (and any election request given the budget): late, they cost a run twice."""
     STATUS = 1
     """Status writes and Events: late, they are stale for a while."""
 

@@ -61,7 +61,7 @@ class ControllerSettings:
     lease_namespace: str = "schedulezero-system"
     """Where the Leases and checkpoints live: the operator's own namespace."""
     budget: budget_.BudgetSettings = dataclasses.field(default_factory=budget_.BudgetSettings)
-    """The rate of every request but the watches: status, Events, Leases and checkpoints."""
+    """The rate of every request but the watches and the Leases: status, Events and checkpoints."""
 
 
 @dataclasses.dataclass

@@ -158,7 +158,6 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._firing: collections.deque[tuple[str, list[datetime.datetime]]] = collections.deque()
         """Due times APScheduler handed over and the engine has not looked at yet."""
-        self._draining = False
         self._drained = asyncio.Event()
         """Set while no burst is being fired: runs ending meanwhile record their outcome after it."""
         self._drained.set()
@@ -385,8 +384,7 @@ class Engine:
     def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
         """APScheduler's hand-over: queued, since it hands over every due job before returning to the loop."""
         self._firing.append((job_id, run_times))
-        if not self._draining:
-            self._draining = True
+        if self._drained.is_set():
             self._drained.clear()
             asyncio.get_running_loop().call_soon(self._drain)
 
@@ -407,7 +405,6 @@ class Engine:
         if self._firing:
             asyncio.get_running_loop().call_soon(self._drain)
         else:
-            self._draining = False
             self._drained.set()
 
     def _fire_now(self, job_id: str, run_times: list[datetime.datetime]) -> None:

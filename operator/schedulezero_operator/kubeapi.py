@@ -99,10 +99,11 @@ class Api:
 
 
 class ElectionStore:
-    """What the Lease and checkpoint stores share: where their objects live, and the API budget's first place.
+    """What the Lease and checkpoint stores share: where their objects live, and a short request timeout.
 
-    Their requests have a short timeout, so that one stalled by a partition
-    does not hold up the election rounds after it heals.
+    The timeout keeps a request stalled by a partition from holding up the
+    election rounds after it heals. Given a ``budget`` (the checkpoints are),
+    a store's requests take its tokens first, before status writes.
     """
 
     api_class: Any

@@ -21,7 +21,6 @@ class KubeLeases(kubeapi.ElectionStore):
     api_class = k8s.CoordinationV1Api
 
     async def get(self, name: str) -> election.LeaseRecord | None:
-        await self._take("lease")
         try:
             lease = await self._api.read_namespaced_lease(name, self.namespace, _request_timeout=self._timeout)
         except ApiException as error:
@@ -31,7 +30,6 @@ class KubeLeases(kubeapi.ElectionStore):
         return _record(lease)
 
     async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
-        await self._take("lease")
         try:
             return _record(
                 await self._api.create_namespaced_lease(
@@ -44,7 +42,6 @@ class KubeLeases(kubeapi.ElectionStore):
             raise
 
     async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
-        await self._take("lease")
         lease = self._lease(name, record)
         lease.metadata.resource_version = record.version  # the precondition: fails if it moved on since
         try:
@@ -64,14 +61,12 @@ class KubeLeases(kubeapi.ElectionStore):
         )
 
     async def members(self) -> dict[str, election.LeaseRecord]:
-        await self._take("lease")
         leases = await self._api.list_namespaced_lease(
             self.namespace, label_selector=f"{MEMBER_LABEL}=true", _request_timeout=self._timeout
         )
         return {lease.metadata.name: _record(lease) for lease in leases.items}
 
     async def delete(self, name: str) -> None:
-        await self._take("lease")
         try:
             await self._api.delete_namespaced_lease(name, self.namespace, _request_timeout=self._timeout)
         except ApiException as error:
