@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -76,14 +76,25 @@ class ClientSettings:
 class _Connection:
     """A DEALER connected to one endpoint, read by a pump, watched by a socket monitor."""
 
-    def __init__(self, context: zmq.Context[Any], endpoint: str, settings: ClientSettings) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        endpoint: str,
+        settings: ClientSettings,
+        on_state: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.up: bool | None = None
+        """Connected (True), lost or refused (False), or not known yet (None)."""
+        self._on_state = on_state
         self.connect_timeout = settings.connect_timeout
         self.max_reply_size = settings.max_message_size
         self.max_call_size = settings.max_call_size
         self.pending: dict[bytes, list[asyncio.Future[protocol.Reply]]] = {}
         """Call id -> a future per caller waiting for its reply (a duplicate call has two)."""
         self.refused: errors.Unauthorized | None = None
+        self.on_idle: Callable[[], None] | None = None
+        """Called when the last call waiting on this connection is answered (a retiring connection closes)."""
         socket: zmq.Socket[bytes] = zmq.Socket(context, zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.IMMEDIATE, 1)
@@ -99,7 +110,10 @@ class _Connection:
         monitor_address = f"inproc://schedulezero-monitor-{uuid.uuid4().hex}"
         socket.monitor(
             monitor_address,
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+            zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_CONNECT_RETRIED
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH,
         )
         monitor: zmq.Socket[bytes] = zmq.Socket(context, zmq.PAIR)
         monitor.connect(monitor_address)
@@ -139,11 +153,26 @@ class _Connection:
             # connection closed a moment to land before failing the calls still waiting.
             lost = errors.Unavailable(f"connection to {self.endpoint} lost")
             asyncio.get_running_loop().call_later(DISCONNECT_GRACE, self._lost, self._waiting(), lost)
+            self._state(False)
+        elif event["event"] == zmq.EVENT_CONNECT_RETRIED:
+            self._state(False)
         elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.refused = errors.Unauthorized(f"{self.endpoint} refused this client's key")
             self.fail_pending(self.refused)
+            self._state(False)
         elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.refused = None
+            self._state(True)
+
+    def _state(self, up: bool) -> None:
+        if self.up is up:
+            return
+        self.up = up
+        if self._on_state is not None:
+            try:
+                self._on_state(self.endpoint, up)
+            except Exception:  # a listener's bug must not stop the socket monitor
+                log.exception("connection listener failed for %s", self.endpoint)
 
     def _lost(self, waiting: list[asyncio.Future[protocol.Reply]], error: errors.CallError) -> None:
         self.replies.drain()
@@ -183,6 +212,8 @@ class _Connection:
             waiting.remove(future)
             if not waiting:
                 del self.pending[call.call_id]
+                if not self.pending and self.on_idle is not None:
+                    self.on_idle()
         if reply.error is not None:
             raise reply.error
         return reply.value
@@ -250,6 +281,10 @@ class Client:
         self._connections: dict[str, _Connection] = {}
         self._curves: dict[str, security.CurveClient | None] = {}
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
+        self.on_connection: Callable[[str, bool], None] | None = None
+        """Told when a connection to an endpoint is made (True) or lost (False): a prompt sign of a pod
+        that went away or came back, long before a probe interval ends."""
 
     async def __aenter__(self) -> Client:
         return self
@@ -263,11 +298,22 @@ class Client:
             if self._closed:  # a retry still running at shutdown must not open a connection again
                 raise errors.Unavailable("client closed")
             try:
-                connection = _Connection(self._context, endpoint, self._settings_for(endpoint))
+                connection = _Connection(
+                    self._context, endpoint, self._settings_for(endpoint), on_state=self._connection_state
+                )
             except zmq.ZMQError as error:  # a malformed endpoint: fails the call, like any unreachable handler
                 raise errors.Unavailable(f"cannot connect to {endpoint!r}: {error}") from None
             self._connections[endpoint] = connection
         return connection
+
+    def _connection_state(self, endpoint: str, up: bool) -> None:
+        if self.on_connection is not None:
+            self.on_connection(endpoint, up)
+
+    def is_down(self, endpoint: str) -> bool:
+        """Whether the connection to ``endpoint`` is known to be lost (or was never made, though tried)."""
+        connection = self._connections.get(endpoint)
+        return connection is not None and connection.up is False
 
     def _settings_for(self, endpoint: str) -> ClientSettings:
         if endpoint in self._curves:
@@ -347,6 +393,25 @@ class Client:
         result = await self.call(endpoint, "sys.cancel", {"call_id": call_id.hex()}, timeout=timeout)
         return bool(result["cancelled"])
 
+    def retire(self, endpoint: str) -> None:
+        """Closes the connection to an endpoint no longer in use (a pod gone from its Service) once the
+        calls in flight on it are answered: a terminating pod finishes them, and its replies still arrive."""
+        connection = self._connections.get(endpoint)
+        if connection is None:
+            return
+
+        def close() -> None:
+            if self._connections.get(endpoint) is connection:
+                del self._connections[endpoint]
+                task = asyncio.get_running_loop().create_task(connection.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+        if connection.pending:
+            connection.on_idle = close
+        else:
+            close()
+
     async def disconnect(self, endpoint: str) -> None:
         """Closes the connection to a handler that is gone; calls in flight fail Unavailable."""
         connection = self._connections.pop(endpoint, None)
@@ -358,3 +423,4 @@ class Client:
         for endpoint in list(self._connections):
             with contextlib.suppress(Exception):
                 await self.disconnect(endpoint)
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -44,6 +44,12 @@ def _register_handler(subparsers: Subparsers) -> None:
     parser.add_argument("--max-concurrent-calls", type=int, default=defaults.max_concurrent_calls)
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout, help="grace on SIGTERM")
     parser.add_argument(
+        "--drain-delay",
+        type=float,
+        default=defaults.drain_delay,
+        help="seconds calls are still taken on SIGTERM while /readyz fails, before draining (default %(default)s)",
+    )
+    parser.add_argument(
         "--reply-cache-bytes",
         type=int,
         default=defaults.reply_cache_bytes,
@@ -74,6 +80,7 @@ def _run_handler(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_concurrent_calls=args.max_concurrent_calls,
         drain_timeout=args.drain_timeout,
+        drain_delay=args.drain_delay,
         reply_cache_bytes=args.reply_cache_bytes,
         http_port=args.http_port,
         curve=curve,

@@ -52,6 +52,12 @@ class ServerSettings:
     """Largest reply sent; a larger result is answered ``MessageTooLarge`` instead."""
     drain_timeout: float = 30.0
     """On stop, how long in-flight calls may finish before they are cancelled."""
+    drain_delay: float = 0.0
+    """On stop, how long calls are still taken after ``/readyz`` starts failing, before the drain.
+
+    Behind a Service, callers learn that a pod is going from its EndpointSlice,
+    a moment after the pod itself knows: calls sent meanwhile are still run
+    rather than refused. A few seconds (the readiness period) in a cluster."""
     close_grace: float = 0.5
     """On stop, after the last in-flight call's reply, how long to keep the connections open.
 
@@ -102,6 +108,7 @@ class Server:
         self.stats = metrics.CallStats()
         self.process = metrics.ProcessMetrics()
         self.ready = False
+        self.stopping = False
         self.draining = False
         self._context = context or zmq.asyncio.Context.instance()
         self._pump: pump.SocketPump | None = None
@@ -162,11 +169,15 @@ class Server:
 
     async def stop(self, *, drain_timeout: float | None = None) -> None:
         """Stops accepting calls, lets in-flight ones finish, runs ``on_stop``, closes."""
-        if self.draining:
+        if self.stopping:
             await self._stopped.wait()
             return
-        self.draining = True
+        self.stopping = True
         self.ready = False
+        if self.settings.drain_delay > 0:
+            log.info("not ready; taking calls for %.1f s more, then draining", self.settings.drain_delay)
+            await asyncio.sleep(self.settings.drain_delay)
+        self.draining = True
         grace = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         pending = [running.task for running in self._running.values()]
         if pending:

@@ -293,6 +293,37 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path, client: cl
         assert await asyncio.to_thread(handler.popen.wait, 10) == 0
 
 
+async def test_a_drain_delay_fails_readiness_first_and_still_serves_until_it_ends(
+    tmp_path: pathlib.Path, client: client_.Client
+) -> None:
+    """Behind a Service, callers stop sending once the endpoint turns not-ready, a moment after SIGTERM:
+    calls in that moment still run, and are refused only once the delay is over."""
+    port = processes.controlplane.free_port()
+    args = ("--http-port", str(port), "--drain-delay", "1.5", "--drain-timeout", "5")
+    with processes.running_handler(PROBE, tmp_path, *args) as handler:
+
+        def ready() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert await asyncio.to_thread(ready) == 200
+        handler.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(ready) == 503
+        assert await client.call(handler.endpoint, "echo", {"value": "during the delay"}, timeout=2) == (
+            "during the delay"
+        )
+        started_late = asyncio.ensure_future(client.call(handler.endpoint, "slow", {"seconds": 2.0, "key": "late"}))
+        await asyncio.sleep(1.5)  # the delay is over: draining
+        with pytest.raises(errors.Unavailable, match="shutting down"):
+            await client.call(handler.endpoint, "echo", {"value": 1}, timeout=1)
+        assert await started_late == "late"  # taken during the delay, so drained, not dropped
+        assert await asyncio.to_thread(handler.popen.wait, 10) == 0
+
+
 async def test_health_endpoints_follow_the_event_loop(tmp_path: pathlib.Path, client: client_.Client) -> None:
     port = processes.controlplane.free_port()
     with processes.running_handler(PROBE, tmp_path, "--http-port", str(port)) as handler:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import threading
 import time
@@ -94,16 +95,35 @@ class ProbeHandler(Handler):
         return {1, 2, 3}
 
     @expose
-    async def tick(self, seconds: float = 0.0) -> str | None:
-        """Records the run it serves (run id, nominal time, attempt); optionally takes a while."""
+    async def tick(self, seconds: float = 0.0, failures: int = 0) -> str | None:
+        """Records the run it serves (run id, nominal time, attempt); optionally takes a while, and fails
+        the first ``failures`` attempts of each run.
+
+        With ``PROBE_JOURNAL`` set, each execution's start and end are also appended to that file, so a
+        test still knows what a handler ran after killing it."""
         call = current_call()
         assert call is not None
-        self.ticks.append(
-            {"run": call.call_id, "scheduled": call.scheduled_time, "attempt": call.attempt, "schedule": call.schedule}
-        )
+        tick = {
+            "run": call.call_id,
+            "scheduled": call.scheduled_time,
+            "attempt": call.attempt,
+            "schedule": call.schedule,
+        }
+        self.ticks.append(tick)
+        self._journal({**tick, "event": "start"})
         if seconds:
             await asyncio.sleep(seconds)
+        if call.attempt <= failures:
+            self._journal({**tick, "event": "failed"})
+            raise RuntimeError(f"attempt {call.attempt} fails on purpose")
+        self._journal({**tick, "event": "done"})
         return call.scheduled_time
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        path = os.environ.get("PROBE_JOURNAL")
+        if path:
+            with open(path, "a") as journal:
+                journal.write(json.dumps({**entry, "at": time.time()}) + "\n")
 
     @expose
     def sync_call_info(self) -> str | None:

@@ -45,11 +45,17 @@ class HandlerProcess:
 
 
 def start_handler(
-    target: str, log_dir: pathlib.Path, *args: str, port: int | None = None, timeout: float = 20.0
+    target: str,
+    log_dir: pathlib.Path,
+    *args: str,
+    port: int | None = None,
+    timeout: float = 20.0,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
 ) -> HandlerProcess:
-    """Starts a handler on 127.0.0.1 and waits until it says it is serving."""
+    """Starts a handler on ``host`` (a loopback address: one per pod of a Service) and waits until it serves."""
     port = port or controlplane.free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
+    endpoint = f"tcp://{host}:{port}"
     log = log_dir / f"handler-{port}-{time.monotonic_ns()}.log"
     out = log.open("w")
     popen = subprocess.Popen(
@@ -57,7 +63,7 @@ def start_handler(
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     process = HandlerProcess(endpoint, popen, log)
     deadline = time.monotonic() + timeout
