@@ -5,8 +5,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the tests use: promtool and prometheus for the metrics tests.
-DEB_PACKAGES := prometheus
+# Debian packages the tests use: promtool and prometheus for the metrics tests,
+# ip for the handler-replica tests' pod addresses.
+DEB_PACKAGES := prometheus iproute2
 
 .PHONY: demo test setup venv debs control-plane lint typecheck pytest manifests clean
 

@@ -61,18 +61,15 @@ class Conductor(Handler):
 
     @expose
     async def collect_metrics(self) -> dict[str, Any]:
-        """Every handler's CPU, memory and state from the latest scrape, with a summary."""
-        handlers: dict[str, dict[str, Any]] = {}
-        for name, snapshot in sorted(self.scraper.cache.items()):
-            metrics = snapshot.metrics
-            handlers[name] = {
-                "status": ("sleeping" if metrics.get("state") == "sleeping" else "active")
-                if snapshot.up
-                else "unreachable",
-                "cpu_percent": snapshot.cpu_percent if snapshot.up else None,
-                "memory_mb": round(metrics.get("resident_memory_bytes", 0) / MiB, 1) if snapshot.up else None,
-                "endpoint": snapshot.endpoint,
-            }
+        """Every handler's CPU, memory and state from the latest scrape, with a summary.
+
+        A handler with replicas sums its pods (active if any is, sleeping if all
+        answering ones are) and lists each under ``pods``.
+        """
+        by_handler: dict[str, list[scraper.Snapshot]] = {}
+        for target, snapshot in sorted(self.scraper.cache.items()):
+            by_handler.setdefault(target.handler, []).append(snapshot)
+        handlers = {name: _handler_entry(snapshots) for name, snapshots in by_handler.items()}
         alive = [h for h in handlers.values() if h["status"] != "unreachable"]
         return {
             "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -89,11 +86,14 @@ class Conductor(Handler):
     @expose
     async def health_check(self) -> dict[str, Any]:
         """Which handlers answer, and whether the conductor's own scraping keeps up."""
-        unreachable = sorted(name for name, s in self.scraper.cache.items() if not s.up)
+        handlers = {target.handler for target in self.scraper.cache}
+        answering = {target.handler for target, snapshot in self.scraper.cache.items() if snapshot.up}
+        pods_down = sorted(f"{t.handler}/{t.pod}" for t, s in self.scraper.cache.items() if t.pod and not s.up)
         return {
-            "status": "ok" if not unreachable else "degraded",
-            "handlers": len(self.scraper.cache),
-            "unreachable": unreachable,
+            "status": "ok" if handlers == answering and not pods_down else "degraded",
+            "handlers": len(handlers),
+            "unreachable": sorted(handlers - answering),
+            "unreachable_pods": pods_down,
             "last_scrape_seconds": self.scraper.last_round_seconds,
         }
 
@@ -118,3 +118,34 @@ class Conductor(Handler):
                 "percent": disk.percent,
             },
         }
+
+
+def _pod_entry(snapshot: scraper.Snapshot) -> dict[str, Any]:
+    metrics = snapshot.metrics
+    return {
+        "status": ("sleeping" if metrics.get("state") == "sleeping" else "active") if snapshot.up else "unreachable",
+        "cpu_percent": snapshot.cpu_percent if snapshot.up else None,
+        "memory_mb": round(metrics.get("resident_memory_bytes", 0) / MiB, 1) if snapshot.up else None,
+        "endpoint": snapshot.endpoint,
+    }
+
+
+def _handler_entry(snapshots: list[scraper.Snapshot]) -> dict[str, Any]:
+    """One handler's entry: its one process, or the sum of its pods with each listed."""
+    pods = [_pod_entry(snapshot) for snapshot in snapshots]
+    if len(snapshots) == 1 and not snapshots[0].pod:
+        return pods[0]
+    answering = [pod for pod in pods if pod["status"] != "unreachable"]
+    status = "unreachable"
+    if answering:
+        status = "sleeping" if all(pod["status"] == "sleeping" for pod in answering) else "active"
+    cpu = [pod["cpu_percent"] for pod in answering if pod["cpu_percent"] is not None]
+    return {
+        "status": status,
+        "cpu_percent": round(sum(cpu), 2) if cpu else None,
+        "memory_mb": round(sum(pod["memory_mb"] for pod in answering), 1) if answering else None,
+        "endpoint": ", ".join(pod["endpoint"] for pod in pods),
+        "replicas": len(pods),
+        "readyReplicas": len(answering),
+        "pods": {snapshot.pod or snapshot.endpoint: pod for snapshot, pod in zip(snapshots, pods, strict=True)},
+    }

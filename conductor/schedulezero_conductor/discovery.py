@@ -2,29 +2,44 @@
 
 Both are re-read every scrape round, so a handler that appears or disappears
 is picked up without a restart, and a brief API outage only means scraping
-the last known set once more. A Handler with ``spec.curve.secretName`` is
-called with the CURVE keys of that Secret, as the operator calls it.
+the last known set once more. A Handler with ``spec.service`` is scraped pod
+by pod, as its Service's EndpointSlices list them (the operator calls them
+so too). A Handler with ``spec.curve.secretName`` is called with the CURVE
+keys of that Secret, as the operator calls it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import time
+from collections import defaultdict
 from typing import Any, Protocol
 
 import yaml
 
-from schedulezero_handler import security
+from schedulezero_handler import endpoints, security
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "schedulezero.io", "v1alpha1", "handlers"
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Target:
+    """One process to scrape: a handler, or one pod of a handler with replicas."""
+
+    handler: str
+    """The Handler's name ("namespace/name" in a cluster)."""
+    endpoint: str
+    pod: str = ""
+    """The pod's name, for a Handler reached through its Service's pods; empty otherwise."""
+
+
 class Discovery(Protocol):
-    async def targets(self) -> dict[str, str]:
-        """Handler name ("namespace/name" in a cluster) -> ZeroMQ endpoint."""
+    async def targets(self) -> list[Target]:
+        """Every process to scrape now."""
 
     async def curves(self) -> dict[str, security.CurveClient]:
         """Endpoint -> CURVE keys, for the endpoints of the last ``targets()`` that need them."""
@@ -58,7 +73,7 @@ class ConfigDiscovery:
                 log.warning("ignoring handler entry %r: it needs a name and an endpoint", entry)
         return targets
 
-    async def targets(self) -> dict[str, str]:
+    async def targets(self) -> list[Target]:
         if self._path is not None:
             try:
                 stamp = self._path.stat().st_mtime
@@ -67,7 +82,7 @@ class ConfigDiscovery:
                     self._targets = self._parse((yaml.safe_load(self._path.read_text()) or {}).get("handlers"))
             except (OSError, yaml.YAMLError, AttributeError) as error:
                 log.warning("cannot re-read %s (%s); keeping %d handlers", self._path, error, len(self._targets))
-        return dict(self._targets)
+        return [Target(name, endpoint) for name, endpoint in self._targets.items()]
 
     async def curves(self) -> dict[str, security.CurveClient]:
         return {}
@@ -88,7 +103,8 @@ class KubernetesDiscovery:
         self._secret_ttl = secret_ttl
         self._api: Any = None
         self._core: Any = None
-        self._targets: dict[str, str] = {}
+        self._discovery: Any = None
+        self._targets: list[Target] = []
         self._curves: dict[str, security.CurveClient] = {}
         self._secrets: dict[tuple[str, str], tuple[float, security.CurveClient]] = {}
 
@@ -106,9 +122,10 @@ class KubernetesDiscovery:
                 await k8s_config.load_kube_config(config_file=self._kubeconfig, client_configuration=configuration)
             api_client = k8s.ApiClient(configuration)
             self._api, self._core = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
+            self._discovery = k8s.DiscoveryV1Api(api_client)
         return self._api
 
-    async def targets(self) -> dict[str, str]:
+    async def targets(self) -> list[Target]:
         try:
             api = await self._custom()
             if self._namespaces:
@@ -119,23 +136,62 @@ class KubernetesDiscovery:
             else:
                 items = (await api.list_cluster_custom_object(GROUP, VERSION, PLURAL))["items"]
         except Exception as error:  # API down: scrape what we knew
-            log.warning("cannot list Handlers (%s); keeping %d", error, len(self._targets))
-            return dict(self._targets)
-        targets, curves = {}, {}
+            log.warning("cannot list Handlers (%s); keeping %d targets", error, len(self._targets))
+            return list(self._targets)
+        pods = await self._pods(items)
+        targets, curves = [], {}
         for item in items:
             meta, spec = item.get("metadata", {}), item.get("spec") or {}
-            name = f"{meta.get('namespace')}/{meta.get('name')}"
-            endpoint = endpoint_of(meta.get("namespace", ""), spec)
+            namespace = str(meta.get("namespace", ""))
+            name = f"{namespace}/{meta.get('name')}"
+            endpoint = endpoint_of(namespace, spec)
             if endpoint is None:
                 continue
-            targets[name] = endpoint
+            service = spec.get("service") or {}
+            replicas = None if spec.get("endpoint") else pods.get((namespace, str(service.get("name"))))
+            if replicas is None:
+                found = [Target(name, endpoint)]
+            else:
+                found = [
+                    Target(name, pod.address, pod.pod)
+                    for pod in replicas.endpoints(namespace, str(service["name"]), int(service["port"]))
+                    if pod.serving
+                ]
+            targets += found
             secret_name = (spec.get("curve") or {}).get("secretName")
             if secret_name:
-                curve = await self._curve(str(meta.get("namespace")), str(secret_name), handler=name)
+                curve = await self._curve(namespace, str(secret_name), handler=name)
                 if curve is not None:
-                    curves[endpoint] = curve
+                    curves.update({target.endpoint: curve for target in found})
         self._targets, self._curves = targets, curves
-        return dict(targets)
+        return list(targets)
+
+    async def _pods(self, items: list[dict[str, Any]]) -> dict[tuple[str, str], endpoints.ServiceEndpoints]:
+        """The EndpointSlices of the Services that Handlers name, one list per namespace.
+
+        A namespace whose slices cannot be listed (no permission, API trouble)
+        is scraped through the Services' own addresses instead.
+        """
+        wanted: defaultdict[str, set[str]] = defaultdict(set)
+        for item in items:
+            spec = item.get("spec") or {}
+            if not spec.get("endpoint") and (spec.get("service") or {}).get("name"):
+                wanted[str(item.get("metadata", {}).get("namespace", ""))].add(str(spec["service"]["name"]))
+        found: dict[tuple[str, str], endpoints.ServiceEndpoints] = {}
+        for namespace, services in wanted.items():
+            selector = f"{endpoints.SERVICE_LABEL} in ({','.join(sorted(services))})"
+            try:
+                listed = await self._discovery.list_namespaced_endpoint_slice(namespace, label_selector=selector)
+            except Exception as error:
+                log.warning("cannot list EndpointSlices in %s (%s); scraping through the Services", namespace, error)
+                continue
+            slices = endpoints.ServiceEndpoints()
+            for body in self._discovery.api_client.sanitize_for_serialization(listed).get("items", []):
+                body.setdefault("metadata", {}).setdefault("namespace", namespace)
+                slices.apply(body)
+            for service in services:
+                found[namespace, service] = slices
+        return found
 
     async def curves(self) -> dict[str, security.CurveClient]:
         return dict(self._curves)

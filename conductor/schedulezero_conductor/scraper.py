@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """The latest scrape of one handler."""
+    """The latest scrape of one handler (or one pod of a handler with replicas)."""
 
     name: str
     endpoint: str
@@ -34,6 +34,8 @@ class Snapshot:
     cpu_percent: float | None = None
     """CPU use since the previous scrape, in percent of one core."""
     error: str | None = None
+    pod: str = ""
+    """The pod, for a handler scraped pod by pod."""
 
 
 class Scraper:
@@ -52,7 +54,7 @@ class Scraper:
         self.timeout = timeout
         self.on_round = on_round
         """Awaited after every round (the conductor renders /metrics then)."""
-        self.cache: dict[str, Snapshot] = {}
+        self.cache: dict[discovery_.Target, Snapshot] = {}
         self.last_round_seconds: float | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -79,28 +81,30 @@ class Scraper:
         """One round: every current target at once, each bounded by the timeout."""
         started = time.monotonic()
         targets = await self.discovery.targets()
-        for gone in self.cache.keys() - targets.keys():
+        addresses = {target.endpoint for target in targets}
+        for gone in self.cache.keys() - set(targets):
             endpoint = self.cache.pop(gone).endpoint
-            if endpoint not in targets.values():
-                await self.client.disconnect(endpoint)
+            if endpoint not in addresses:
+                self.client.retire(endpoint)
         curves = await self.discovery.curves()
-        for endpoint in targets.values():  # reconnects only where the keys changed
+        for endpoint in addresses:  # reconnects only where the keys changed
             await self.client.set_curve(endpoint, curves.get(endpoint))
-        snapshots = await asyncio.gather(*(self._scrape_one(name, endpoint) for name, endpoint in targets.items()))
-        self.cache = {snapshot.name: snapshot for snapshot in snapshots}
+        snapshots = await asyncio.gather(*(self._scrape_one(target) for target in targets))
+        self.cache = dict(zip(targets, snapshots, strict=True))
         self.last_round_seconds = time.monotonic() - started
 
-    async def _scrape_one(self, name: str, endpoint: str) -> Snapshot:
+    async def _scrape_one(self, target: discovery_.Target) -> Snapshot:
         now = time.monotonic()
+        name, endpoint, pod = target.handler, target.endpoint, target.pod
         try:
             metrics = await self.client.call(endpoint, "sys.metrics", timeout=self.timeout)
         except errors.CallError as error:
-            return Snapshot(name, endpoint, up=False, metrics={}, scraped_at=now, error=str(error))
-        previous = self.cache.get(name)
+            return Snapshot(name, endpoint, up=False, metrics={}, scraped_at=now, error=str(error), pod=pod)
+        previous = self.cache.get(target)
         cpu_percent = None
-        if previous is not None and previous.up and previous.endpoint == endpoint:
+        if previous is not None and previous.up:
             elapsed = now - previous.scraped_at
             used = float(metrics.get("cpu_seconds", 0.0)) - float(previous.metrics.get("cpu_seconds", 0.0))
             if elapsed > 0 and used >= 0:
                 cpu_percent = round(100.0 * used / elapsed, 2)
-        return Snapshot(name, endpoint, up=True, metrics=metrics, scraped_at=now, cpu_percent=cpu_percent)
+        return Snapshot(name, endpoint, up=True, metrics=metrics, scraped_at=now, cpu_percent=cpu_percent, pod=pod)

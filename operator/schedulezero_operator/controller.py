@@ -28,9 +28,9 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
-from schedulezero_handler import security
+from schedulezero_handler import endpoints, security
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import checkpoints, election, election_thread, kubeapi, leases, probe, status
+from schedulezero_operator import checkpoints, election, election_thread, kubeapi, leases, probe, replicas, status
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
@@ -82,6 +82,14 @@ class Runtime:
     """(kind, namespace, name) -> uid, for Events about objects."""
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Last Handler status written, by namespace/name."""
+    specs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Each Handler's spec, by namespace/name."""
+    methods: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict)
+    """The methods each Handler's replicas were last seen to expose, by namespace/name."""
+    serving: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """The endpoints each Handler is reached at now (its serving pods, or its one address), by namespace/name."""
+    slices: endpoints.ServiceEndpoints = dataclasses.field(default_factory=endpoints.ServiceEndpoints)
+    """Every EndpointSlice of a Service, for Handlers with spec.service: their pods."""
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     taken: dict[int, int] = dataclasses.field(default_factory=dict)
     """Shards taken over (checkpoint read, Schedules caught up), with the acquisition each was taken on: a
@@ -195,18 +203,75 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         if event["type"] == "DELETED":
             runtime.engine.set_handler(namespace, name, None)
             runtime.prober.forget(qualified)
-            runtime.handlers.pop(qualified, None)
+            for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving):
+                gone.pop(qualified, None)
             return
         runtime.uids["Handler", namespace, name] = body["metadata"]["uid"]
-        endpoint = resolve_endpoint(namespace, body.get("spec") or {})
-        known = body.get("status") or {}
-        methods = known.get("methods") if known.get("endpoint") == endpoint else None
-        names = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
-        await runtime.client.set_curve(endpoint, await _curve(runtime, namespace, name, body.get("spec") or {}))
-        runtime.engine.set_handler(namespace, name, engine_.HandlerInfo(endpoint, names))
-        runtime.prober.watch(qualified, endpoint)
+        spec = copy.deepcopy(dict(body.get("spec") or {}))
+        if spec != runtime.specs.get(qualified):
+            known = body.get("status") or {}
+            methods = known.get("methods") if known.get("endpoint") == resolve_endpoint(namespace, spec) else None
+            runtime.methods[qualified] = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
+            runtime.specs[qualified] = spec
+        await _publish(runtime, namespace, name)
+
+    @kopf.on.event(
+        "discovery.k8s.io", "v1", "endpointslices", id="endpointslices", registry=registry,
+        labels={endpoints.SERVICE_LABEL: kopf.PRESENT},
+    )  # fmt: skip
+    async def endpointslice_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+        """A Service's pods changed: the Handlers in front of it route over the new set at once."""
+        runtime: Runtime = memo.runtime
+        raw = event["object"]
+        service = runtime.slices.delete(raw) if event["type"] == "DELETED" else runtime.slices.apply(raw)
+        if service is None:
+            return
+        namespace, service_name = service
+        for qualified, handler_spec in list(runtime.specs.items()):
+            handler_namespace, handler = qualified.split("/", 1)
+            if handler_namespace == namespace and (handler_spec.get("service") or {}).get("name") == service_name:
+                await _publish(runtime, namespace, handler)
 
     return registry
+
+
+def _pods(runtime: Runtime, namespace: str, spec: dict[str, Any]) -> list[endpoints.Endpoint] | None:
+    """The Handler's pods from its Service's EndpointSlices; None to call its one address instead.
+
+    A Service none of whose slices has been seen (none exist yet, or this
+    operator may not list them) is called through its own address, as
+    before replicas existed.
+    """
+    service = spec.get("service") or {}
+    if spec.get("endpoint") or (namespace, str(service.get("name"))) not in runtime.slices.slices:
+        return None
+    return list(runtime.slices.endpoints(namespace, str(service.get("name")), int(service.get("port") or 0)))
+
+
+async def _publish(runtime: Runtime, namespace: str, name: str) -> None:
+    """Tells the engine and the prober where the Handler is now: one address, or its ready pods."""
+    qualified = f"{namespace}/{name}"
+    spec = runtime.specs.get(qualified)
+    if spec is None:
+        return
+    address = resolve_endpoint(namespace, spec)
+    pods = _pods(runtime, namespace, spec)
+    serving = [pod.address for pod in pods if pod.serving] if pods is not None else [address]
+    curve = await _curve(runtime, namespace, name, spec)
+    for endpoint in serving:
+        await runtime.client.set_curve(endpoint, curve)
+    runtime.engine.set_handler(namespace, name, _info(runtime, qualified, address, pods))
+    before = runtime.serving.get(qualified, ())
+    runtime.serving[qualified] = tuple(serving)
+    runtime.prober.watch(qualified, serving)
+    in_use = {endpoint for endpoints_ in runtime.serving.values() for endpoint in endpoints_}
+    for endpoint in set(before) - in_use:  # a pod gone: closed once its calls in flight are answered
+        runtime.client.retire(endpoint)
+
+
+def _info(runtime: Runtime, qualified: str, address: str, pods: list[endpoints.Endpoint] | None) -> engine_.HandlerInfo:
+    ready = tuple(pod.address for pod in pods if pod.ready) if pods is not None else None
+    return engine_.HandlerInfo(address, runtime.methods.get(qualified), replicas=ready)
 
 
 async def _start(config: ControllerSettings) -> Runtime:
@@ -263,6 +328,7 @@ async def _start(config: ControllerSettings) -> Runtime:
         ha_metrics=metrics.track_election(elector),
         uids=uids,
     )
+    client.on_connection = lambda endpoint, up: prober.poke(endpoint)  # a lost pod shows in status at once
     if config.metrics_port:
         metrics.serve(port=config.metrics_port)
     events.start()
@@ -332,41 +398,28 @@ def resolve_endpoint(namespace: str, spec: dict[str, Any]) -> str:
     return f"tcp://{service.get('name')}.{namespace}.svc:{service.get('port')}"
 
 
-def _probed(runtime: Runtime, qualified: str, result: probe.ProbeResult) -> None:
+def _probed(runtime: Runtime, qualified: str, results: list[probe.ProbeResult]) -> None:
     namespace, _, name = qualified.partition("/")
+    spec = runtime.specs.get(qualified)
+    if spec is None:  # deleted while probing
+        return
+    address = resolve_endpoint(namespace, spec)
+    pods = _pods(runtime, namespace, spec)
+    listed = pods if pods is not None else [endpoints.Endpoint(address, address)]
     previous = runtime.handlers.get(qualified, {})
-    reachable = result.state != "Unreachable"
-    methods = [_method(m) for m in result.described] if reachable else previous.get("methods", [])
-    handler_status: dict[str, Any] = {
-        "endpoint": result.endpoint,
-        "state": result.state,
-        "methods": methods,
-        "methodCount": len(methods),
-        "version": result.version if reachable else previous.get("version"),
-        "lastSeenTime": status.rfc3339(result.seen) if reachable else previous.get("lastSeenTime"),
-    }
-    names = frozenset(m["name"] for m in methods) if (reachable or previous) else None
-    runtime.engine.set_handler(namespace, name, engine_.HandlerInfo(result.endpoint, names))
+    summary = replicas.summarize(address, listed, results, previous, now=datetime.datetime.now(datetime.UTC))
+    if summary.methods is not None:
+        runtime.methods[qualified] = summary.methods
+    runtime.engine.set_handler(namespace, name, _info(runtime, qualified, address, pods))
     if not runtime.owns(namespace, name):  # lost its shard while probing
         return
-    if not reachable and previous.get("state") != "Unreachable":
+    was = next((c["status"] for c in previous.get("conditions", ()) if c.get("type") == "Reachable"), None)
+    if not summary.reachable and was != "False":
         ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
-        runtime.events.record(
-            ref, warning=True, reason="HandlerUnreachable", message=f"{result.endpoint}: {result.error}"
-        )
-    was_reachable = previous.get("state") not in (None, "Unreachable")
-    since = previous["conditions"][0]["lastTransitionTime"] if previous and was_reachable == reachable else None
-    handler_status["conditions"] = [
-        {
-            "type": "Reachable",
-            "status": "True" if reachable else "False",
-            "reason": "Probed" if reachable else "Unreachable",
-            "message": f"answered sys.health at {result.endpoint}" if reachable else str(result.error),
-            "lastTransitionTime": since or status.rfc3339(datetime.datetime.now(datetime.UTC).replace(microsecond=0)),
-        }
-    ]
-    runtime.handlers[qualified] = handler_status
-    runtime.spawn(_write_handler_status(runtime, namespace, name, handler_status))
+        message = "; ".join(summary.unreachable) or "no ready replica"
+        runtime.events.record(ref, warning=True, reason="HandlerUnreachable", message=message)
+    runtime.handlers[qualified] = summary.status
+    runtime.spawn(_write_handler_status(runtime, namespace, name, summary.status))
 
 
 async def _write_handler_status(runtime: Runtime, namespace: str, name: str, handler_status: dict[str, Any]) -> None:
@@ -375,20 +428,6 @@ async def _write_handler_status(runtime: Runtime, namespace: str, name: str, han
         await runtime.api.patch_status("handlers", namespace, name, handler_status)
     except Exception as error:
         log.warning("status of Handler %s/%s not written: %s", namespace, name, error)
-
-
-def _method(described: dict[str, Any]) -> dict[str, Any]:
-    method: dict[str, Any] = {"name": described["name"]}
-    if described.get("doc"):
-        method["doc"] = str(described["doc"])[:1024]
-    params = [
-        {"name": str(p.get("name")), "type": str(p.get("type", "Any")), "required": bool(p.get("required"))}
-        for p in described.get("params", [])
-        if isinstance(p, dict)
-    ]
-    if params:
-        method["params"] = params
-    return method
 
 
 def _timestamp(text: Any) -> datetime.datetime:

@@ -31,6 +31,7 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from schedulezero_handler import client as client_
+from schedulezero_handler import routing
 from schedulezero_operator import budget as budget_
 from schedulezero_operator import runs, sinks, status, triggers
 from schedulezero_operator.errors import InvalidSchedule
@@ -78,8 +79,17 @@ class Progress:
 @dataclasses.dataclass(frozen=True)
 class HandlerInfo:
     endpoint: str
+    """The Handler's address: spec.endpoint, or its Service's name."""
     methods: frozenset[str] | None = None
     """The exposed methods, once a probe has seen them; None while unknown."""
+    replicas: tuple[str, ...] | None = None
+    """With a Service, its ready pods' endpoints, which runs are routed over by run id; None calls ``endpoint``."""
+
+    def route(self, run_id: bytes, *, down: Callable[[str], bool]) -> str | None:
+        """Where an attempt of ``run_id`` goes: the first pod of its ranking that is not ``down``."""
+        if self.replicas is None:
+            return self.endpoint
+        return routing.choose(run_id, self.replicas, down=down)
 
 
 @dataclasses.dataclass
@@ -512,8 +522,9 @@ class Engine:
         for run in list(state.active.values()):
             if run.task is not None:
                 run.task.cancel()
-            if handler is not None:
-                self._spawn(self._cancel_remote(handler.endpoint, run.id))
+            endpoint = handler.route(run.id.bytes, down=self.client.is_down) if handler is not None else None
+            if endpoint is not None:
+                self._spawn(self._cancel_remote(endpoint, run.id))
 
     async def _cancel_remote(self, endpoint: str, run_id: uuid.UUID) -> None:
         try:
@@ -551,12 +562,13 @@ class Engine:
         handler_key = (state.key.namespace, handler)
         retry = spec.get("retry") or {}
 
-        def endpoint() -> str | None:
+        def route(run_id: bytes) -> str | None:
             info = self._handlers.get(handler_key)
-            return info.endpoint if info is not None else None
+            return info.route(run_id, down=self.client.is_down) if info is not None else None
 
         return runs.CallPlan(
-            endpoint=endpoint,
+            route=route,
+            exists=lambda: handler_key in self._handlers,
             handler_wait=max(0.0, self._started + self.settings.startup_grace - time.monotonic()),
             handler=f"{state.key.namespace}/{handler}",
             method=str(spec.get("method")),

@@ -221,10 +221,11 @@ class LocalMode:
             self.engine.set_handler(namespace, name, None)
             return
         self.engine.set_handler(namespace, name, engine_.HandlerInfo(endpoint))
-        self.prober.watch(f"{namespace}/{name}", endpoint)
+        self.prober.watch(f"{namespace}/{name}", [endpoint])
 
-    def _probed(self, handler: str, result: probe.ProbeResult) -> None:
+    def _probed(self, handler: str, results: list[probe.ProbeResult]) -> None:
         namespace, _, name = handler.partition("/")
+        (result,) = results
         resource = self._handlers.get((namespace, name))
         if resource is None or resource.spec.get("endpoint") != result.endpoint:
             return

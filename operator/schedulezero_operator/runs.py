@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import random
 import uuid
 from collections.abc import Callable
@@ -81,8 +82,11 @@ def jitter(run: uuid.UUID, *, max_seconds: float, room: float | None) -> float:
 class CallPlan:
     """What to call for a run, resolved from the Schedule and its Handler when the run starts."""
 
-    endpoint: Callable[[], str | None]
-    """The Handler's endpoint as the engine knows it now; None while it does not exist."""
+    route: Callable[[bytes], str | None]
+    """Where an attempt of the run (by run id) goes now: the Handler's endpoint, or with replicas the pod
+    its ranking picks; None while the Handler does not exist; Unavailable when it has no ready replica."""
+    exists: Callable[[], bool]
+    """Whether the Handler exists now."""
     handler_wait: float
     """How long to wait for a missing Handler before failing the run (HandlerNotFound) without a call."""
     handler: str
@@ -171,12 +175,7 @@ async def _attempts(
     on_attempt: Callable[[], None] | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    endpoint = plan.endpoint()
-    waited_until = loop.time() + plan.handler_wait
-    while endpoint is None and loop.time() < waited_until:
-        await asyncio.sleep(0.1)
-        endpoint = plan.endpoint()
-    if endpoint is None:
+    if not await _handler_seen(plan):
         record.error = {"type": "HandlerNotFound", "message": f"Handler {plan.handler!r} does not exist"}
         return
     rng: random.Random | None = None  # seeded by the run id on a first failure: the same jitter on every fire
@@ -199,6 +198,7 @@ async def _attempts(
         )
         started = loop.time()
         try:
+            record.endpoint = endpoint = _endpoint(plan, run)
             value = await client.attempt(endpoint, call)
         except errors.CallError as error:
             metrics.series(metrics.rpc_calls, plan.handler, error.type).inc()
@@ -224,3 +224,20 @@ async def _attempts(
         record.error = None
         record.result = status.cut_result(value)
         return
+
+
+async def _handler_seen(plan: CallPlan, poll: float = 0.1) -> bool:
+    """Whether the Handler exists, waiting up to ``handler_wait``: just after a start, the watches may
+    deliver a Schedule before its Handler."""
+    for _ in range(math.ceil(plan.handler_wait / poll)):
+        if plan.exists():
+            return True
+        await asyncio.sleep(poll)
+    return plan.exists()
+
+
+def _endpoint(plan: CallPlan, run: Run) -> str:
+    endpoint = plan.route(run.id.bytes)
+    if endpoint is None:  # deleted since the run started: fails this attempt, which may be retried
+        raise errors.Unavailable(f"Handler {plan.handler!r} has no ready replica (or was deleted)")
+    return endpoint

@@ -78,6 +78,8 @@ class RunRecord:
     attempts: int = 0
     result: str | None = None
     error: dict[str, str] | None = None
+    endpoint: str | None = None
+    """Where the last attempt went: with handler replicas, the pod that served (or failed) the run."""
 
     def render(self) -> dict[str, Any]:
         rendered: dict[str, Any] = {
@@ -96,6 +98,8 @@ class RunRecord:
             rendered["result"] = self.result
         if self.error is not None:
             rendered["error"] = self.error
+        if self.endpoint is not None:
+            rendered["endpoint"] = self.endpoint
         return rendered
 
     @classmethod
@@ -117,6 +121,7 @@ class RunRecord:
             attempts=int(data.get("attempts") or 0),
             result=data.get("result") if isinstance(data.get("result"), str) else None,
             error=error if isinstance(error, dict) else None,
+            endpoint=data.get("endpoint") if isinstance(data.get("endpoint"), str) else None,
         )
 
 

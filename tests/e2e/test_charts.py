@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 CHARTS = controlplane.REPO / "charts"
 MANIFESTS = controlplane.REPO / "manifests"
 HANDLER_VALUES = ["--values", str(CHARTS / "handler" / "ci" / "catalog-values.yaml")]
+REPLICAS_VALUES = ["--values", str(CHARTS / "handler" / "ci" / "replicas-values.yaml")]
 ALL_FEATURES = [
     "--set=metrics.serviceMonitor.enabled=true",
     "--set=metrics.prometheusRule.enabled=true",
@@ -91,9 +92,12 @@ def test_the_system_chart_passes_server_side_dry_run(
     assert len([line for line in done.stdout.splitlines() if "(server dry run)" in line]) == rendered.count("\nkind: ")
 
 
-def test_the_handler_chart_passes_server_side_dry_run(cluster: controlplane.Cluster, crds: None) -> None:
+@pytest.mark.parametrize("values", [HANDLER_VALUES, REPLICAS_VALUES], ids=["catalog", "replicas"])
+def test_the_handler_chart_passes_server_side_dry_run(
+    cluster: controlplane.Cluster, crds: None, values: list[str]
+) -> None:
     namespace = create_namespace(cluster)
-    rendered = render(cluster, "handler", "acme", namespace, *HANDLER_VALUES)
+    rendered = render(cluster, "handler", "acme", namespace, *values)
     done = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
     assert "Warning" not in done.stderr, done.stderr
     assert "handler.schedulezero.io/acme created (server dry run)" in done.stdout
@@ -101,8 +105,8 @@ def test_the_handler_chart_passes_server_side_dry_run(cluster: controlplane.Clus
 
 @pytest.mark.parametrize(
     ("chart", "args"),
-    [("schedulezero", ALL_FEATURES), ("handler", HANDLER_VALUES)],
-    ids=["schedulezero", "handler"],
+    [("schedulezero", ALL_FEATURES), ("handler", HANDLER_VALUES), ("handler", REPLICAS_VALUES)],
+    ids=["schedulezero", "handler", "handler-replicas"],
 )
 def test_pod_templates_are_admitted_under_the_restricted_profile(
     cluster: controlplane.Cluster, crds: None, monitoring_crds: None, chart: str, args: list[str]
@@ -136,6 +140,33 @@ def test_pod_templates_are_admitted_under_the_restricted_profile(
         pod["metadata"]["name"] += "-bare"
         refused = cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
         assert "violates PodSecurity" in refused.stderr, refused.stderr
+
+
+def test_handler_replicas_roll_one_at_a_time_spread_out_and_drain_before_they_stop(
+    cluster: controlplane.Cluster,
+) -> None:
+    documents = {d["kind"]: d for d in yaml.safe_load_all(render(cluster, "handler", "acme", "ns", *REPLICAS_VALUES))}
+    deployment = documents["Deployment"]["spec"]
+    assert deployment["replicas"] == 3
+    assert deployment["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = deployment["template"]["spec"]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    selector = deployment["selector"]["matchLabels"]
+    assert all(c["labelSelector"]["matchLabels"] == selector for c in pod["topologySpreadConstraints"])
+    args = pod["containers"][0]["args"]
+    assert "--drain-delay=4" in args
+    assert "--drain-timeout=20" in args
+    assert pod["terminationGracePeriodSeconds"] > 4 + 20
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    budget = documents["PodDisruptionBudget"]["spec"]
+    assert budget == {"maxUnavailable": 1, "selector": {"matchLabels": deployment["selector"]["matchLabels"]}}
+    # One replica: replaced, not rolled, and no budget (which would block every node drain).
+    single = {d["kind"]: d for d in yaml.safe_load_all(render(cluster, "handler", "acme", "ns", *HANDLER_VALUES))}
+    assert "PodDisruptionBudget" not in single
+    assert single["Deployment"]["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def _rules(document: dict[str, Any]) -> list[dict[str, Any]]:
