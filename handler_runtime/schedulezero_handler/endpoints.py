@@ -99,7 +99,7 @@ class ServiceEndpoints:
         """A slice was added or changed; returns its (namespace, Service), None if it belongs to none."""
         key = _service_of(body)
         if key is not None:
-            self.slices.setdefault(key, {})[str(body["metadata"]["name"])] = body
+            self.slices.setdefault(key, {})[str(body["metadata"]["name"])] = _compact(body)
         return key
 
     def delete(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -120,6 +120,23 @@ class ServiceEndpoints:
                 if known is None or (endpoint.ready and not known.ready):
                     merged[endpoint.address] = endpoint
         return tuple(sorted(merged.values()))
+
+
+def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``from_slice`` reads of a slice, and no more: an operator watching every namespace sees
+    every Service's slices, and their managedFields and topology hints would be most of its memory."""
+    entries = body.get("endpoints")
+    kept = ("addresses", "conditions", "targetRef")
+    return {
+        "addressType": body.get("addressType"),
+        "ports": body.get("ports"),
+        "endpoints": [
+            {field: entry[field] for field in kept if field in entry} if isinstance(entry, Mapping) else entry
+            for entry in entries
+        ]
+        if isinstance(entries, list)
+        else entries,
+    }
 
 
 def _service_of(body: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -142,11 +142,13 @@ def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, name
             "state": "Sleeping",
             "methodCount": 2,
             "methods": [{"name": "build_report"}, {"name": "ping"}],
+            "replicas": 3,
+            "readyReplicas": 2,
             "conditions": [
                 {
                     "type": "Reachable",
                     "status": "True",
-                    "reason": "Probed",
+                    "reason": "SomeReplicasReachable",
                     "message": "",
                     "lastTransitionTime": now,
                 }
@@ -166,13 +168,15 @@ def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, name
     )
     header, row = cluster.kubectl("get", "hdl", "-n", namespace).stdout.splitlines()
     columns = printer_columns("handlers.schedulezero.io.yaml")
-    assert columns == ["ENDPOINT", "STATE", "READY", "METHODS", "AGE"]
+    assert columns == ["ENDPOINT", "STATE", "READY", "METHODS", "REPLICAS", "AVAILABLE", "AGE"]
     assert header_fields(header, ["NAME", *columns]) == ["NAME", *columns]
-    assert row.split()[:5] == [
+    assert row.split()[:7] == [
         "report-handler",
         "tcp://reports.example.internal:5555",
         "Sleeping",
         "True",
+        "2",
+        "3",
         "2",
     ]
 
