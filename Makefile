@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # ip for the handler-replica tests' pod addresses.
 DEB_PACKAGES := prometheus iproute2
 
-.PHONY: demo test setup venv debs control-plane lint typecheck pytest manifests clean
+.PHONY: demo test setup venv debs control-plane cluster cluster-down lint typecheck pytest manifests clean
 
 test: setup lint typecheck pytest
 
@@ -39,6 +39,14 @@ debs:
 # Builds kube-apiserver, kubectl, etcd and helm once, cached by version outside the tree.
 control-plane:
 	@tools/k8s/build.sh >/dev/null
+
+# A local etcd + kube-apiserver with the CRDs, to try the operator with kubectl:
+# eval "$(make -s cluster)" sets KUBECONFIG (and PATH for kubectl); make cluster-down removes it.
+cluster: venv control-plane
+	@bin=$$(tools/k8s/build.sh 2>/dev/null) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/python tools/k8s/cluster.py up
+
+cluster-down: venv
+	@$(BIN)/python tools/k8s/cluster.py down
 
 lint: venv
 	$(BIN)/ruff check .

@@ -3,8 +3,9 @@
 Local mode accepts the same files as ``kubectl apply``. They are checked
 against the CRDs' own OpenAPI schemas (unknown fields rejected, as kubectl's
 strict validation does) and get the schemas' defaults. The rules the CRDs
-express in CEL are the engine's own checks (``triggers.build_trigger``), so
-they hold here too. One bad file costs only itself: whatever a file holds
+express in CEL hold here too: those on the schedule and its times are the
+engine's own checks (``triggers.build_trigger``, which the CEL was written
+from), the others are checked here. One bad file costs only itself: whatever a file holds
 (bytes that are not UTF-8, YAML that expands without bound, values JSON has no
 type for), it is reported by name and the others load.
 """
@@ -153,7 +154,23 @@ def parse_document(document: Any, source: str) -> Resource:
             f"spec.{'.'.join(str(p) for p in e.absolute_path) or ''}: {_cut(e.message)}" for e in errors[:5]
         )
         raise ManifestError(f"{source}: {kind} {namespace}/{name} is invalid: {problems.replace('spec.:', 'spec:')}")
-    return Resource(str(kind), str(namespace), str(name), _defaulted(spec, _crd_schema(kind)), source)
+    defaulted = _defaulted(spec, _crd_schema(kind))
+    broken = _broken_rule(str(kind), defaulted)
+    if broken is not None:
+        raise ManifestError(f"{source}: {kind} {namespace}/{name} is invalid: {broken}")
+    return Resource(str(kind), str(namespace), str(name), defaulted, source)
+
+
+def _broken_rule(kind: str, spec: dict[str, Any]) -> str | None:
+    """The CRDs' CEL rules that are not the engine's own checks, as the API server applies them (after
+    defaulting); those on the schedule and its times are ``triggers.build_trigger``'s, applied by the engine."""
+    if kind == "Handler" and ("endpoint" in spec) == ("service" in spec):
+        return "spec: set exactly one of spec.endpoint or spec.service"
+    retry = spec.get("retry") or {}
+    bounded = kind == "Schedule" and "maxBackoffSeconds" in retry and "backoffSeconds" in retry
+    if bounded and retry["maxBackoffSeconds"] < retry["backoffSeconds"]:
+        return "spec.retry: retry.maxBackoffSeconds must be at least retry.backoffSeconds"
+    return None
 
 
 class _Loader(yaml.SafeLoader):

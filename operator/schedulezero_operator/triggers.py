@@ -194,19 +194,34 @@ class RunAtTrigger(Trigger):
         return self.at if self.at > after else None
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ns|us|µs|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+MAX_DURATION_NS = 2**63 - 1
+"""The longest duration Go (and so the API server's check of a Schedule) can hold: about 292 years."""
+RFC3339 = re.compile(
+    r"([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-[0-9]{2}-[0-9]{2}"
+    r"T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+)
 
 
 def parse_every(text: str) -> datetime.timedelta:
-    """``@every 1h30m`` -> 90 minutes; Go duration syntax, at least one second."""
-    duration = text.strip().removeprefix("@every").strip()
+    """``@every 1h30m`` -> 90 minutes; Go duration syntax, at least one second.
+
+    Counted in whole nanoseconds as Go does (a fraction below a nanosecond is
+    dropped), so that the API server's check and this one agree to the last one.
+    """
+    duration = text.strip(cron.BLANKS).removeprefix("@every").strip(cron.BLANKS)
     if not duration or _DURATION_PART.sub("", duration):
         raise InvalidSchedule(f"schedule {text!r}: {duration!r} is not a duration such as 90s, 5m or 1h30m")
-    seconds = sum(float(value) * _UNIT_SECONDS[unit] for value, unit in _DURATION_PART.findall(duration))
-    if seconds < 1:
+    nanoseconds = 0
+    for whole, fraction, unit in _DURATION_PART.findall(duration):
+        scale = _UNIT_NS[unit]
+        nanoseconds += int(whole) * scale + (int(fraction) * scale // 10 ** len(fraction) if fraction else 0)
+    if nanoseconds < 10**9:
         raise InvalidSchedule(f"schedule {text!r}: the interval must be at least 1s")
-    return datetime.timedelta(seconds=seconds)
+    if nanoseconds > MAX_DURATION_NS:
+        raise InvalidSchedule(f"schedule {text!r}: the interval must be at most 2562047h (about 292 years)")
+    return datetime.timedelta(microseconds=nanoseconds // 1000)
 
 
 def parse_time(value: Any, field: str) -> datetime.datetime:
@@ -215,6 +230,8 @@ def parse_time(value: Any, field: str) -> datetime.datetime:
         parsed = value
     else:
         try:
+            if not RFC3339.fullmatch(str(value)):
+                raise ValueError("not RFC 3339")
             parsed = datetime.datetime.fromisoformat(str(value))
         except ValueError:
             raise InvalidSchedule(f"{field} {value!r} is not an RFC 3339 time such as 2026-12-24T18:00:00Z") from None
@@ -224,6 +241,8 @@ def parse_time(value: Any, field: str) -> datetime.datetime:
 
 
 def parse_timezone(name: Any) -> zoneinfo.ZoneInfo:
+    if not isinstance(name, str) or not name.isascii() or name == "Local":
+        raise InvalidSchedule(f"timeZone {name!r} is not a known IANA time zone, such as Europe/Berlin")
     try:
         return zoneinfo.ZoneInfo(str(name))
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -241,8 +260,8 @@ def build_trigger(spec: Mapping[str, Any], *, created: datetime.datetime) -> Tri
         raise InvalidSchedule("endTime must be after startTime")
     if run_at is not None:
         return RunAtTrigger(parse_time(run_at, "runAt"), start=start, end=end)
-    text = str(schedule).strip()
-    if text.startswith("@every"):
+    text = str(schedule).strip(cron.BLANKS)
+    if text.startswith("@every") and text.isascii():
         interval = parse_every(text)
         anchor = start if start is not None else created
         return EveryTrigger(interval, anchor=anchor, include_anchor=start is not None, start=start, end=end)

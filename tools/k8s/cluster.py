@@ -1,0 +1,102 @@
+"""A local cluster to try ScheduleZero on: ``make cluster`` / ``make cluster-down``.
+
+The same etcd and kube-apiserver the e2e tests start (no kubelet, no
+controllers: pods are never started, so handlers and the operator run as
+local processes), with the CRDs applied. The processes outlive this script;
+their ids and directory are kept in ``~/.cache/schedulezero/cluster.json``
+so that ``down`` stops them. ``up`` on a running cluster only prints its
+``KUBECONFIG`` line again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.support import controlplane  # noqa: E402  (the repository's root on the path first)
+
+STATE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "schedulezero" / "cluster.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _running() -> dict[str, object] | None:
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        state = json.loads(STATE.read_text())
+        if all(_alive(int(pid)) for pid in state["pids"]):
+            return dict(state)
+    return None
+
+
+def up() -> int:
+    state = _running()
+    if state is None:
+        down(quiet=True)
+        print("starting etcd and kube-apiserver (the binaries are built once, cached by version)...", file=sys.stderr)
+        plane = controlplane.LocalControlPlane(controlplane.find_binaries())
+        cluster = plane.start()
+        crds = REPO / "manifests" / "crds"
+        cluster.kubectl("apply", "--server-side", "-f", str(crds))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+        state = {
+            "pids": [process.popen.pid for process in plane.processes],
+            "workdir": str(plane.workdir),
+            "kubeconfig": str(cluster.kubeconfig),
+            "kubectl": str(plane.bin_dir / "kubectl"),
+        }
+        STATE.parent.mkdir(parents=True, exist_ok=True)
+        STATE.write_text(json.dumps(state))
+        print(f"cluster up, CRDs applied; kubectl is {state['kubectl']}", file=sys.stderr)
+    print(f"export KUBECONFIG={state['kubeconfig']}")
+    print(f"export PATH={pathlib.Path(str(state['kubectl'])).parent}:$PATH")
+    return 0
+
+
+def down(*, quiet: bool = False) -> int:
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        state = json.loads(STATE.read_text())
+        pids = [int(pid) for pid in state["pids"]]
+        for pid in reversed(pids):  # the API server before etcd
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(state["workdir"], ignore_errors=True)
+        STATE.unlink()
+        if not quiet:
+            print("cluster stopped and removed", file=sys.stderr)
+        return 0
+    if not quiet:
+        print("no cluster running", file=sys.stderr)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down"])
+    args = parser.parse_args()
+    return up() if args.command == "up" else down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
