@@ -28,7 +28,10 @@ class Param:
     """``**kwargs``: accepts any further names."""
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "type": hint_name(self.hint), "required": self.required}
+        described = {"name": self.name, "type": hint_name(self.hint), "required": self.required}
+        if self.variadic:
+            described["variadic"] = True
+        return described
 
 
 def hint_name(hint: Any) -> str:

@@ -86,6 +86,8 @@ class Runtime:
     """Each Handler's spec, by namespace/name."""
     methods: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict)
     """The methods each Handler's replicas were last seen to expose, by namespace/name."""
+    probed: dict[str, replicas.Summary] = dataclasses.field(default_factory=dict)
+    """Each Handler's last probe, by namespace/name: reachable, and its methods' declared parameters."""
     serving: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """The endpoints each Handler is reached at now (its serving pods, or its one address), by namespace/name."""
     slices: endpoints.ServiceEndpoints = dataclasses.field(default_factory=endpoints.ServiceEndpoints)
@@ -203,7 +205,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         if event["type"] == "DELETED":
             runtime.engine.set_handler(namespace, name, None)
             runtime.prober.forget(qualified)
-            for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving):
+            for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving, runtime.probed):
                 gone.pop(qualified, None)
             return
         runtime.uids["Handler", namespace, name] = body["metadata"]["uid"]
@@ -271,7 +273,14 @@ async def _publish(runtime: Runtime, namespace: str, name: str) -> None:
 
 def _info(runtime: Runtime, qualified: str, address: str, pods: list[endpoints.Endpoint] | None) -> engine_.HandlerInfo:
     ready = tuple(pod.address for pod in pods if pod.ready) if pods is not None else None
-    return engine_.HandlerInfo(address, runtime.methods.get(qualified), replicas=ready)
+    probed = runtime.probed.get(qualified)
+    return engine_.HandlerInfo(
+        address,
+        runtime.methods.get(qualified),
+        replicas=ready,
+        reachable=probed.reachable if probed is not None else None,
+        params=probed.params if probed is not None else None,
+    )
 
 
 async def _start(config: ControllerSettings) -> Runtime:
@@ -410,6 +419,7 @@ def _probed(runtime: Runtime, qualified: str, results: list[probe.ProbeResult]) 
     summary = replicas.summarize(address, listed, results, previous, now=datetime.datetime.now(datetime.UTC))
     if summary.methods is not None:
         runtime.methods[qualified] = summary.methods
+    runtime.probed[qualified] = summary
     runtime.engine.set_handler(namespace, name, _info(runtime, qualified, address, pods))
     if not runtime.owns(namespace, name):  # lost its shard while probing
         return

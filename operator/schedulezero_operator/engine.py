@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
@@ -84,6 +84,10 @@ class HandlerInfo:
     """The exposed methods, once a probe has seen them; None while unknown."""
     replicas: tuple[str, ...] | None = None
     """With a Service, its ready pods' endpoints, which runs are routed over by run id; None calls ``endpoint``."""
+    reachable: bool | None = None
+    """Whether the last probe reached it (any replica); None while not probed yet."""
+    params: Mapping[str, tuple[Mapping[str, Any], ...]] | None = None
+    """Each method's parameters as ``sys.describe`` declares them (name, required, variadic), once probed."""
 
     def route(self, run_id: bytes, *, down: Callable[[str], bool]) -> str | None:
         """Where an attempt of ``run_id`` goes: the first pod of its ranking that is not ``down``."""
@@ -245,7 +249,7 @@ class Engine:
 
         A Schedule first seen with a status (a restart) catches up from its
         ``lastScheduleTime``; a changed spec reschedules from now, keeping history;
-        a resumed one catches up over its suspension.
+        a resumed one goes on from now: what fell into its suspension is not a run.
         """
         state = self._schedules.get(key)
         if state is not None and state.uid != uid:  # deleted and re-created under the same name
@@ -260,7 +264,6 @@ class Engine:
             if status_ is not None and not self._owns(key):  # a standby follows what the owner wrote
                 state.history = status.History.restore(status_)
             return state.invalid
-        was_suspended = state.suspended
         self._index(state, spec)
         state.spec, state.generation, state.created = dict(spec), generation, created
         try:
@@ -283,10 +286,10 @@ class Engine:
         if state.suspended:
             self._unschedule(state)
         else:
-            resumed = (first_seen and state.history.last_schedule_time is not None) or (
-                not first_seen and was_suspended
-            )
-            if resumed and self._owns(key):
+            # After a restart, the times the operator was away are caught up per catchUpPolicy. After a
+            # suspension they are not runs at all: not missed, not run, and no Warning.
+            restarted = first_seen and state.history.last_schedule_time is not None
+            if restarted and self._owns(key):
                 self._catch_up(state)
             self._schedule_next(state, after=utcnow())
         self._refresh(state)
@@ -455,26 +458,26 @@ class Engine:
         eligible = [t for t in times if deadline is None or (now - t).total_seconds() <= deadline]
         to_run = [] if policy == "Skip" else eligible[-1:] if policy == "Latest" else eligible
         missed = [t for t in times if t not in to_run]
+        not_run = total - len(to_run)
         to_run = sorted({*to_run, *unfinished})
         log.log(
             level,
-            "%s: catching up from %s: %d runs missed, %d in flight at the stop; running %d (catchUpPolicy %s)",
-            state.key, status.rfc3339(last), total, len(unfinished), len(to_run), policy,
+            "%s: catching up from %s: %d times due, %d not run (catchUpPolicy %s), %d in flight at the stop; "
+            "running %d",
+            state.key, status.rfc3339(last), total, not_run, policy, len(unfinished), len(to_run),
         )  # fmt: skip
         if times:
             state.history.last_schedule_time = times[-1]
         for nominal in missed:
-            self._record_unrun(
-                state, nominal, status.Outcome.MISSED, "not started in time (operator down or suspended)"
-            )
+            self._record_unrun(state, nominal, status.Outcome.MISSED, "not started in time (operator down)")
         state.history.counters["missed"] += total - len(times)
-        if missed or total > len(times):
+        if not_run:
             self._event(
                 state.key,
                 warning=True,
                 reason="MissedSchedule",
-                message=f"{total - len(to_run)} runs missed since {status.rfc3339(last)}; "
-                f"catchUpPolicy {policy} runs {len(to_run)} of them",
+                message=f"{_count(not_run, 'run')} missed since {status.rfc3339(last)}, of {total} due; "
+                f"catchUpPolicy {policy} runs {len(to_run) - len(unfinished)} of them",
             )
         if len(to_run) == 1:
             self._start(state, to_run[0])
@@ -614,7 +617,8 @@ class Engine:
             self.metrics.series(self.metrics.last_success, *key.labels).set(record.finish_time.timestamp())
         elif record.outcome in (status.Outcome.FAILED, status.Outcome.TIMED_OUT) and record.error is not None:
             message = (
-                f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} after {record.attempts} attempts: "
+                f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} after "
+                f"{_count(record.attempts, 'attempt')}: "
             )
             self._event(key, warning=True, reason="RunFailed", message=message + record.error["message"])
         if self._observer is not None:
@@ -641,26 +645,57 @@ class Engine:
     # -- conditions ---------------------------------------------------------------
 
     def _refresh(self, state: ScheduleState) -> None:
-        """Recomputes the Ready condition and queues a status write."""
-        status_, reason, message = self._readiness(state)
-        state.history.set_condition("Ready", status_, reason, message, now=utcnow(), generation=state.generation)
+        """Recomputes the conditions (Ready, Suspended, Completed) and queues a status write."""
+        now = utcnow()
+        completed = self._completion(state, now)
+        ready = self._readiness(state, completed)
+        suspended = (
+            ("True", "Suspended", "spec.suspend is true: no runs until it is false")
+            if state.suspended
+            else ("False", "NotSuspended", "spec.suspend is false")
+        )
+        finished = ("True", *completed) if completed is not None else ("False", "TimesRemain", "more runs will come")
+        for type_, (status_, reason, message) in (("Ready", ready), ("Suspended", suspended), ("Completed", finished)):
+            state.history.set_condition(type_, status_, reason, message, now=now, generation=state.generation)
         self._writer.mark(state.key)
 
-    def _readiness(self, state: ScheduleState) -> tuple[str, str, str]:
+    def _readiness(self, state: ScheduleState, completed: tuple[str, str] | None) -> tuple[str, str, str]:
+        """Whether the Schedule can run as specified; a suspension is its own condition, not a reason."""
         if state.invalid is not None:
             return "False", "InvalidSchedule", state.invalid
         handler, method = str(state.spec.get("handler")), str(state.spec.get("method"))
         info = self._handlers.get((state.key.namespace, handler))
         if info is None:
             return "False", "HandlerNotFound", f"Handler {handler!r} not found in namespace {state.key.namespace!r}"
+        if info.reachable is False:
+            return "False", "HandlerUnreachable", f"Handler {handler!r} did not answer its last probe"
         if info.methods is not None and method not in info.methods:
             exposed = ", ".join(sorted(info.methods)) or "none"
             return "False", "MethodNotFound", f"Handler {handler!r} does not expose {method!r} (exposes: {exposed})"
+        rejected = _params_rejected(dict(state.spec.get("params") or {}), (info.params or {}).get(method))
+        if rejected is not None:
+            return "False", "InvalidParams", f"{method}: {rejected}"
+        if completed is not None:
+            return "False", *completed
         if state.suspended:
-            return "False", "Suspended", "spec.suspend is true: no runs until it is false"
-        if state.next_run_time is None and not state.active:
-            return "False", "Completed", "no further runs (runAt passed or endTime reached)"
+            return "True", "Scheduled", "suspended: runs resume when spec.suspend is false"
         return "True", "Scheduled", f"next run at {status.rfc3339(state.next_run_time)}"
+
+    def _completion(self, state: ScheduleState, now: datetime.datetime) -> tuple[str, str] | None:
+        """(reason, message) when no time can ever come again and no run is left in flight."""
+        trigger = state.trigger
+        if trigger is None or state.active or state.next_run_time is not None:
+            return None
+        if state.suspended and trigger.next_after(now) is not None:  # unscheduled, not finished
+            return None
+        spec = state.spec
+        if spec.get("runAt") is not None:
+            return "RunAtPassed", f"the one run, at {spec['runAt']}, is past"
+        if trigger.end is not None and trigger.end <= now:
+            return "EndTimeReached", f"endTime {spec.get('endTime')} is past"
+        if trigger.end is not None:
+            return "NoTimeLeft", f"schedule {spec.get('schedule')!r} has no time left before endTime {spec['endTime']}"
+        return "NoMatchingTime", f"schedule {spec.get('schedule')!r} matches no date (in the next 9 years)"
 
     # -- helpers ------------------------------------------------------------------
 
@@ -689,6 +724,27 @@ class Engine:
 
 def _always(key: ScheduleKey) -> bool:
     return True
+
+
+def _params_rejected(params: dict[str, Any], declared: tuple[Mapping[str, Any], ...] | None) -> str | None:
+    """Why ``params`` do not fit a method's declared parameters (names only: types are the handler's to
+    check), or None; None too while the declaration is unknown."""
+    if declared is None:
+        return None
+    names = {str(p.get("name")) for p in declared if not p.get("variadic")}
+    missing = sorted(str(p.get("name")) for p in declared if p.get("required") and p.get("name") not in params)
+    if missing:
+        return f"spec.params lacks the required parameter {missing[0]!r}"
+    if not any(p.get("variadic") for p in declared):
+        unexpected = sorted(set(params) - names)
+        if unexpected:
+            takes = ", ".join(sorted(names)) or "none"
+            return f"spec.params has {unexpected[0]!r}, which the method does not take (takes: {takes})"
+    return None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _missed_times(

@@ -230,4 +230,7 @@ class LocalMode:
         if resource is None or resource.spec.get("endpoint") != result.endpoint:
             return
         methods = frozenset(result.methods) if result.methods is not None else None
-        self.engine.set_handler(namespace, name, engine_.HandlerInfo(result.endpoint, methods))
+        reachable = result.state != "Unreachable"
+        params = {m["name"]: tuple(m.get("params", ())) for m in result.described} if reachable else None
+        info = engine_.HandlerInfo(result.endpoint, methods, reachable=reachable, params=params)
+        self.engine.set_handler(namespace, name, info)

@@ -27,6 +27,8 @@ class Summary:
     """Whether any replica answered."""
     unreachable: list[str]
     """Replicas that did not, as ``pod: error``."""
+    params: dict[str, tuple[dict[str, Any], ...]] | None
+    """Each method's declared parameters, as the status lists them; None while unknown."""
 
 
 def summarize(
@@ -83,7 +85,8 @@ def summarize(
             )
         ],
     }
-    return Summary(handler_status, names, bool(answered), unreachable)
+    params = {m["name"]: tuple(m.get("params", ())) for m in methods} if (answered or methods) else None
+    return Summary(handler_status, names, bool(answered), unreachable, params)
 
 
 def _state(answered: Sequence[probe.ProbeResult]) -> str:
@@ -128,6 +131,7 @@ def _method(described: dict[str, Any]) -> dict[str, Any]:
         method["doc"] = str(described["doc"])[:1024]
     params = [
         {"name": str(p.get("name")), "type": str(p.get("type", "Any")), "required": bool(p.get("required"))}
+        | ({"variadic": True} if p.get("variadic") else {})
         for p in described.get("params", [])
         if isinstance(p, dict)
     ]

@@ -87,7 +87,7 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
                     "lastTransitionTime": last_run,
                 }
             ],
-            "runs": [{"runId": "r1", "scheduledTime": last_run, "outcome": "Succeeded"}],
+            "runs": [{"runId": "r1", "scheduledTime": last_run, "outcome": "Succeeded", "durationSeconds": 0.25}],
             "updatedTime": last_run,
         }
     }
@@ -105,32 +105,14 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
     header, row = cluster.kubectl("get", "sched", "-n", namespace).stdout.splitlines()
     columns = printer_columns("schedules.schedulezero.io.yaml")
     assert header_fields(header, ["NAME", *columns]) == ["NAME", *columns]
-    assert columns == [
-        "SCHEDULE",
-        "HANDLER",
-        "METHOD",
-        "SUSPEND",
-        "READY",
-        "LAST RUN",
-        "LAST RESULT",
-        "NEXT RUN",
-        "AGE",
-    ]
-    assert row.split()[:7] == [
-        "nightly-report",
-        "30",
-        "6",
-        "*",
-        "*",
-        "MON-FRI",
-        "report-handler",
-    ]
-    assert row.split()[7:13] == ["build_report", "false", "True", "20m", "Succeeded", next_run]
+    assert columns == ["SCHEDULE", "SUSPEND", "READY", "REASON", "LAST RUN", "LAST RESULT", "NEXT RUN", "AGE"]
+    assert row.split()[:6] == ["nightly-report", "30", "6", "*", "*", "MON-FRI"]
+    assert row.split()[6:12] == ["false", "True", "Scheduled", "20m", "Succeeded", next_run]
     header, row = cluster.kubectl("get", "sched", "-n", namespace, "-o", "wide").stdout.splitlines()
     wide = printer_columns("schedules.schedulezero.io.yaml", wide=True)
     assert header_fields(header, ["NAME", *wide]) == ["NAME", *wide]
-    assert wide[-2:] == ["UPDATED", "AGE"]
-    assert row.split()[13] == "20m"  # how old the status is: a lagging one shows as such
+    assert wide[-6:] == ["HANDLER", "METHOD", "TIME ZONE", "LAST DURATION", "UPDATED", "AGE"]
+    assert row.split()[12:17] == ["report-handler", "build_report", "Europe/Berlin", "0.25", "20m"]
 
 
 def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:

@@ -73,6 +73,10 @@ def get(cluster: controlplane.Cluster, namespace: str, kind: str, name: str) -> 
     return dict(json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
 
 
+def condition(schedule: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in schedule["status"]["conditions"] if c["type"] == type_)
+
+
 def eventually(predicate: Callable[[], Any], *, timeout: float = 60.0) -> Any:
     """Until truthy; an object or status field that is not there yet only means "not yet"."""
     not_yet = (controlplane.ToolError, KeyError, IndexError, TypeError)
@@ -166,7 +170,7 @@ def test_suspend_resume_run_now_change_and_delete(
     eventually(lambda: succeeded(get(cluster, namespace, "sched", "life")["status"]) >= 1)
 
     cluster.kubectl("patch", "sched", "life", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
-    eventually(lambda: get(cluster, namespace, "sched", "life")["status"]["conditions"][0]["reason"] == "Suspended")
+    eventually(lambda: condition(get(cluster, namespace, "sched", "life"), "Suspended")["status"] == "True")
     paused = len(ticks(probe_handler, namespace, "life"))
     time.sleep(2.5)
     assert len(ticks(probe_handler, namespace, "life")) <= paused + 1  # at most a run already in flight
@@ -361,3 +365,50 @@ def test_the_namespaced_rbac_variant_is_enough(
     finally:
         assert operator.stop() == 0, operator.output()[-3000:]
     assert "Forbidden" not in operator.output()
+
+
+CONDITIONS = {
+    # name: (extra spec, the Ready status and reason `kubectl get` shows, Suspended, Completed)
+    "suspended": ({"schedule": "@every 1s", "suspend": True}, ("True", "Scheduled"), "True", "False"),
+    "handler-down": ({"schedule": "@every 1s", "handler": "down"}, ("False", "HandlerUnreachable"), "False", "False"),
+    "no-method": ({"schedule": "@hourly", "method": "nope"}, ("False", "MethodNotFound"), "False", "False"),
+    "bad-params": (
+        {"schedule": "@hourly", "method": "add", "params": {"b": 1}}, ("False", "InvalidParams"), "False", "False"
+    ),
+    "never-fires": ({"schedule": "0 0 30 2 *"}, ("False", "NoMatchingTime"), "False", "True"),
+    "run-at-past": ({"runAt": "2020-01-01T00:00:00Z"}, ("False", "RunAtPassed"), "False", "True"),
+    "ended": (
+        {"schedule": "@hourly", "startTime": "2020-01-01T00:00:00Z", "endTime": "2020-02-01T00:00:00Z"},
+        ("False", "EndTimeReached"), "False", "True",
+    ),
+    "fine": ({"schedule": "@hourly"}, ("True", "Scheduled"), "False", "False"),
+}  # fmt: skip
+
+
+def test_conditions_say_whether_each_schedule_can_run_and_kubectl_get_shows_why(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, probe_handler: processes.HandlerProcess
+) -> None:
+    nowhere = f"tcp://127.0.0.1:{controlplane.free_port()}"
+    documents = [handler_doc(probe_handler.endpoint), handler_doc(nowhere, name="down")]
+    documents += [schedule_doc(name, **spec) for name, (spec, *_) in CONDITIONS.items()]
+    apply(cluster, namespace, *documents)
+
+    def shown() -> dict[str, tuple[str, str]]:
+        rows = cluster.kubectl("get", "sched", "-n", namespace, "--no-headers", "-o",
+                               "custom-columns=NAME:.metadata.name,READY:.status.conditions[?(@.type=='Ready')].status,"
+                               "REASON:.status.conditions[?(@.type=='Ready')].reason").stdout.split("\n")  # fmt: skip
+        return {row.split()[0]: (row.split()[1], row.split()[2]) for row in rows if row.strip()}
+
+    expected = {name: ready for name, (_, ready, *_) in CONDITIONS.items()}
+    eventually(lambda: shown() == expected, timeout=30)
+    table = cluster.kubectl("get", "sched", "-n", namespace).stdout
+    assert "REASON" in table.splitlines()[0]
+    for name, (_, (ready, reason), suspended, completed) in CONDITIONS.items():
+        found = get(cluster, namespace, "sched", name)
+        assert condition(found, "Suspended")["status"] == suspended, name
+        assert condition(found, "Completed")["status"] == completed, name
+        row = next(line for line in table.splitlines() if line.startswith(name + " "))
+        assert f" {ready} " in row, row
+        assert f" {reason} " in row, row
+    rejected = condition(get(cluster, namespace, "sched", "bad-params"), "Ready")
+    assert "lacks the required parameter 'a'" in rejected["message"]

@@ -239,34 +239,32 @@ async def test_run_now_runs_once_per_token(
     [("Latest", None), ("All", None), ("Skip", None), ("All", 1.5)],
     ids=["latest", "all", "skip", "all-with-deadline"],
 )
-async def test_resume_applies_the_catch_up_policy(
+async def test_a_restart_applies_the_catch_up_policy(
     engine: engine_.Engine,
     client: client_.Client,
     handler: processes.HandlerProcess,
     policy: str,
     deadline: float | None,
 ) -> None:
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    created = (now() - datetime.timedelta(seconds=30)).replace(microsecond=0)
+    _created[key] = created
+    stopped_at = created + datetime.timedelta(seconds=25)  # the operator's last run before it went away
     spec: dict[str, Any] = {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": policy}
     if deadline is not None:
         spec["startingDeadlineSeconds"] = deadline
-    key = apply(engine, spec)
-    await eventually(lambda: records(engine, key))
-    key = apply(engine, {**spec, "suspend": True}, key=key)
-    assert engine.render_status(key)["conditions"][0]["reason"] == "Suspended"  # type: ignore[index]
-    suspended_at = now()
-    await asyncio.sleep(4.2)
-    resumed_at = now()
-    apply(engine, spec, key=key)
+    apply(engine, spec, key=key, status_={"lastScheduleTime": stopped_at.isoformat(), "runs": []})
+    restarted_at = now()
     await asyncio.sleep(1.5)
     history = records(engine, key)
     engine.remove_schedule(key)
 
-    def during_suspension(times: list[str]) -> list[datetime.datetime]:
-        return sorted(moment for moment in map(_time, times) if suspended_at < moment < resumed_at)
+    def while_away(times: list[str]) -> list[datetime.datetime]:
+        return sorted(moment for moment in map(_time, times) if stopped_at < moment < restarted_at)
 
-    ran = during_suspension([t["scheduled"] for t in await ticks(client, handler, key)])
-    missed = during_suspension([r["scheduledTime"] for r in history if r["outcome"] == "Missed"])
-    assert len(ran) + len(missed) >= 3  # about four nominal times passed while suspended
+    ran = while_away([t["scheduled"] for t in await ticks(client, handler, key)])
+    missed = while_away([r["scheduledTime"] for r in history if r["outcome"] == "Missed"])
+    assert len(ran) + len(missed) >= 4  # about five nominal times passed while it was away
     assert set(ran).isdisjoint(missed)
     if policy == "Skip":
         assert ran == []
@@ -278,8 +276,42 @@ async def test_resume_applies_the_catch_up_policy(
     else:
         assert ran
         assert missed
-        assert all((resumed_at - moment).total_seconds() <= deadline + 0.5 for moment in ran)
+        assert all((restarted_at - moment).total_seconds() <= deadline + 0.5 for moment in ran)
         assert max(missed) < min(ran)
+
+
+def conditions(engine: engine_.Engine, key: ScheduleKey) -> dict[str, tuple[str, str]]:
+    status = engine.render_status(key)
+    assert status is not None
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize("policy", ["All", "Latest"])
+async def test_times_during_a_suspension_are_not_runs_neither_run_nor_missed_nor_warned_of(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess, sink: MemorySink, policy: str
+) -> None:
+    spec: dict[str, Any] = {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": policy}
+    key = apply(engine, spec)
+    await eventually(lambda: records(engine, key))
+    key = apply(engine, {**spec, "suspend": True}, key=key)
+    assert conditions(engine, key) == {
+        "Ready": ("True", "Scheduled"),  # it can run as specified; suspending is not a fault
+        "Suspended": ("True", "Suspended"),
+        "Completed": ("False", "TimesRemain"),
+    }
+    suspended_at = now()
+    await asyncio.sleep(3.2)
+    resumed_at = now()
+    apply(engine, spec, key=key)
+    assert conditions(engine, key)["Suspended"] == ("False", "NotSuspended")
+    await asyncio.sleep(1.5)
+    history = records(engine, key)
+    engine.remove_schedule(key)
+    during = [t for t in await ticks(client, handler, key) if suspended_at < _time(t["scheduled"]) < resumed_at]
+    assert during == []
+    assert [r for r in history if r["outcome"] == "Missed"] == []
+    assert not [reason for k, reason, _ in sink.events if k == key and reason == "MissedSchedule"]
+    assert any(_time(t["scheduled"]) > resumed_at for t in await ticks(client, handler, key))  # and it goes on
 
 
 def _time(rfc3339: str) -> datetime.datetime:
