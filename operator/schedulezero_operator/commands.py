@@ -278,20 +278,21 @@ def _run_now(args: argparse.Namespace) -> int:
 
     from schedulezero_operator import kubeapi
 
-    async def request() -> tuple[str, str]:
+    namespace = args.namespace or kubeapi.default_namespace(args.kubeconfig)
+
+    async def request() -> str:
         api_client = await kubeapi.connect(args.kubeconfig)
         api = kubeapi.Api(api_client)
         try:
-            namespace = args.namespace or kubeapi.default_namespace(args.kubeconfig)
-            return namespace, await api.request_run(namespace, args.name)
+            return await api.request_run(namespace, args.name)
         finally:
             await api.close()
 
     try:
-        namespace, token = asyncio.run(request())
+        token = asyncio.run(request())
     except ApiException as error:
         reason = "not found" if error.status == 404 else f"{error.status} {error.reason}"
-        print(f"schedulezero: Schedule {args.name}: {reason}", file=sys.stderr)
+        print(f"schedulezero: Schedule {namespace}/{args.name}: {reason}", file=sys.stderr)
         return 1
     print(f"schedule.schedulezero.io/{args.name} in {namespace}: run requested (token {token})")
     return 0

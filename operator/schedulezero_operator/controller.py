@@ -191,9 +191,12 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             generation=meta.get("generation"),
             status_=copy.deepcopy(dict(body.get("status") or {})),
         )
-        token = (meta.get("annotations") or {}).get(kubeapi.RUN_NOW_ANNOTATION)
-        if token and runtime.owns(namespace, name):
-            runtime.engine.run_now(key, str(token))
+        annotations = meta.get("annotations") or {}
+        if runtime.owns(namespace, name):
+            if annotations.get(kubeapi.RUN_NOW_ANNOTATION):
+                runtime.engine.run_now(key, str(annotations[kubeapi.RUN_NOW_ANNOTATION]))
+            if annotations.get(kubeapi.BACKFILL_ANNOTATION):
+                runtime.engine.backfill(key, str(annotations[kubeapi.BACKFILL_ANNOTATION]))
 
     @kopf.on.event(GROUP, VERSION, "handlers", id="handlers", registry=registry)
     async def handler_event(

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import json
 import logging
 import time
 import uuid
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 UTC = datetime.UTC
 
+
+MAX_BACKFILL = 1000
+"""Nominal times one backfill request may run; a larger range is refused, naming the bound."""
 
 BURST_BATCH = 256
 """Due Schedules looked at per turn of the event loop: in a burst, a batch's calls are sent before the next."""
@@ -315,6 +319,60 @@ class Engine:
         self._writer.mark(key)
         return True
 
+    def backfill(self, key: ScheduleKey, request: str) -> bool:
+        """Runs the nominal times of a past range (schedulezero.io/backfill: JSON ``{"from", "to"}``).
+
+        Each time runs under the run id it had, so a handler that still keeps its
+        reply answers from its cache; one after another, or all at once under
+        concurrencyPolicy Allow. The same request again does nothing. Progress
+        is in ``status.backfill``. False when nothing was started.
+        """
+        state = self._schedules.get(key)
+        if state is None or state.trigger is None:
+            return False
+        try:
+            asked = json.loads(request)
+            start, end = triggers.parse_time(asked["from"], "from"), triggers.parse_time(asked["to"], "to")
+        except (ValueError, KeyError, TypeError, InvalidSchedule) as error:
+            return self._backfill_refused(state, {}, f"not a backfill request {request!r:.200}: {error}")
+        known = state.history.backfill or {}
+        if (known.get("from"), known.get("to")) == (asked["from"], asked["to"]):
+            return False  # asked again: done, running or refused already
+        progress = {"from": asked["from"], "to": asked["to"]}
+        if end < start:
+            return self._backfill_refused(state, progress, "to is before from")
+        times = triggers.fire_times(state.trigger, start - datetime.timedelta(microseconds=1), end, MAX_BACKFILL + 1)
+        if len(times) > MAX_BACKFILL:
+            why = f"more than {MAX_BACKFILL} times between {asked['from']} and {asked['to']}: split the range"
+            return self._backfill_refused(state, progress, why)
+        state.history.backfill = {**progress, "total": len(times), "done": 0, "state": "Running"}
+        self._writer.mark(key)
+        self._spawn(self._backfill(state, times))
+        return True
+
+    def _backfill_refused(self, state: ScheduleState, progress: dict[str, Any], why: str) -> bool:
+        state.history.backfill = {**progress, "total": 0, "done": 0, "state": "Refused", "message": why}
+        self._event(state.key, warning=True, reason="BackfillRefused", message=why)
+        self._writer.mark(state.key)
+        return False
+
+    async def _backfill(self, state: ScheduleState, times: list[datetime.datetime]) -> None:
+        progress = state.history.backfill
+        assert progress is not None
+        for batch in [times] if state.policy == "Allow" else [[nominal] for nominal in times]:
+            started = [self._start(state, nominal, trigger="backfill") for nominal in batch]
+            if not self._owns(state.key) or self._schedules.get(state.key) is not state:
+                progress["state"] = "Interrupted"  # its new owner does not resume it
+                break
+            tasks = [run.task for run in started if run is not None and run.task is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+            progress["done"] += len(batch)  # a time whose scheduled run was in flight counts as done
+            self._writer.mark(state.key)
+        else:
+            progress["state"] = "Complete"
+        self._writer.mark(state.key)
+
     async def take_over(self, keys: list[ScheduleKey], checkpoint: dict[str, Progress]) -> None:
         """This engine now owns ``keys`` (a shard acquired): catches each up as after a restart.
 
@@ -518,7 +576,7 @@ class Engine:
                 return
             if state.policy == "Replace":
                 self._replace(state)
-        self._start(state, nominal, run_id=run_id)
+        self._start(state, nominal, run_id=run_id, trigger="run-now" if manual else "schedule")
 
     def _replace(self, state: ScheduleState) -> None:
         handler = self._handlers.get((state.key.namespace, str(state.spec.get("handler"))))
@@ -536,7 +594,12 @@ class Engine:
             log.info("could not cancel run %s at %s: %s", run_id, endpoint, error)
 
     def _start(
-        self, state: ScheduleState, nominal: datetime.datetime, *, run_id: uuid.UUID | None = None
+        self,
+        state: ScheduleState,
+        nominal: datetime.datetime,
+        *,
+        run_id: uuid.UUID | None = None,
+        trigger: str = "schedule",
     ) -> runs.Run | None:
         identity = run_id or runs.run_id(state.uid, nominal)
         if identity in state.active or not self._owns(state.key):
@@ -550,8 +613,10 @@ class Engine:
             id=identity,
             schedule=str(state.key),
             nominal=nominal,
-            retry_until=following if state.policy != "Allow" else None,
+            # A backfilled time is long past: the next run's time does not bound its retries.
+            retry_until=following if state.policy != "Allow" and trigger != "backfill" else None,
             delay=max(0.0, (target - utcnow()).total_seconds()),
+            trigger=trigger,
         )
         run.task = asyncio.get_running_loop().create_task(self._carry(state, run, self._plan(state)))
         state.active[identity] = run
@@ -610,6 +675,8 @@ class Engine:
             failed_limit=int(state.spec.get("failedRunsHistoryLimit", 3)),
         )
         self.metrics.series(self.metrics.runs, *key.labels, str(record.outcome)).inc()
+        if record.trigger != "schedule":
+            self.metrics.series(self.metrics.requested_runs, *key.labels, record.trigger, str(record.outcome)).inc()
         if record.start_time is not None and record.finish_time is not None:
             duration = (record.finish_time - record.start_time).total_seconds()
             self.metrics.series(self.metrics.run_duration, *key.labels).observe(duration)

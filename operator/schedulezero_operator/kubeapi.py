@@ -32,6 +32,7 @@ GROUP = "schedulezero.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 RUN_NOW_ANNOTATION = "schedulezero.io/run-now"
+BACKFILL_ANNOTATION = "schedulezero.io/backfill"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "schedulezero-operator"
 REQUEST_TIMEOUT = 30.0

@@ -35,6 +35,13 @@ class OperatorMetrics:
         self.runs = Counter(
             "schedulezero_schedule_runs", "Runs by outcome.", [*schedule, "outcome"], registry=self.registry
         )
+        self.requested_runs = Counter(
+            "schedulezero_schedule_requested_runs",
+            "Runs a user asked for rather than the schedule (trigger run-now or backfill), by outcome; "
+            "also counted in schedulezero_schedule_runs_total.",
+            [*schedule, "trigger", "outcome"],
+            registry=self.registry,
+        )
         self.run_duration = Histogram(
             "schedulezero_schedule_run_duration_seconds",
             "Time from a run's first attempt to its last one's end.",
@@ -111,6 +118,8 @@ class OperatorMetrics:
             self.drop(metric, namespace, schedule)
         for outcome in ("Succeeded", "Failed", "TimedOut", "Skipped", "Missed", "Cancelled"):
             self.drop(self.runs, namespace, schedule, outcome)
+            for trigger in ("run-now", "backfill"):
+                self.drop(self.requested_runs, namespace, schedule, trigger, outcome)
 
     def track_status(self, writer: sinks.StatusWriter, budget: Budget | None = None) -> None:
         """Registers the status backlog (and the API budget's queue) as gauges read at scrape time."""

@@ -111,6 +111,8 @@ class Run:
     task: asyncio.Task[status.RunRecord | None] | None = None
     interrupted: str | None = None
     """Why the engine stopped the run unfinished: it stays in ``active`` and runs again on resumption."""
+    trigger: str = "schedule"
+    """What started it: its schedule, ``run-now`` or ``backfill``."""
 
     def render(self) -> dict[str, Any]:
         rendered: dict[str, Any] = {"runId": str(self.id), "scheduledTime": status.rfc3339(self.nominal)}
@@ -120,6 +122,8 @@ class Run:
             rendered["attempt"] = self.attempt
         if self.interrupted is not None:
             rendered["interrupted"] = self.interrupted
+        if self.trigger != "schedule":
+            rendered["trigger"] = self.trigger
         return rendered
 
 
@@ -147,7 +151,11 @@ async def execute(
     run.start_time = _now()
     metrics.fire_lateness.observe(max(0.0, (run.start_time - run.nominal).total_seconds() - run.delay))
     record = status.RunRecord(
-        run_id=str(run.id), scheduled_time=run.nominal, outcome=status.Outcome.FAILED, start_time=run.start_time
+        run_id=str(run.id),
+        scheduled_time=run.nominal,
+        outcome=status.Outcome.FAILED,
+        start_time=run.start_time,
+        trigger=run.trigger,
     )
     try:
         await _attempts(run, plan, record, client=client, metrics=metrics, on_attempt=on_attempt)

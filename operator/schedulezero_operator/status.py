@@ -66,6 +66,9 @@ def cut_result(value: Any) -> str:
     return encoded[:room].decode(errors="ignore") + TRUNCATED
 
 
+TRIGGERS = ("schedule", "run-now", "backfill")
+
+
 @dataclasses.dataclass
 class RunRecord:
     """A finished, skipped or missed run."""
@@ -80,6 +83,8 @@ class RunRecord:
     error: dict[str, str] | None = None
     endpoint: str | None = None
     """Where the last attempt went: with handler replicas, the pod that served (or failed) the run."""
+    trigger: str = "schedule"
+    """What started the run: its schedule, ``run-now`` or ``backfill``."""
 
     def render(self) -> dict[str, Any]:
         rendered: dict[str, Any] = {
@@ -100,6 +105,8 @@ class RunRecord:
             rendered["error"] = self.error
         if self.endpoint is not None:
             rendered["endpoint"] = self.endpoint
+        if self.trigger != "schedule":
+            rendered["trigger"] = self.trigger
         return rendered
 
     @classmethod
@@ -122,6 +129,7 @@ class RunRecord:
             result=data.get("result") if isinstance(data.get("result"), str) else None,
             error=error if isinstance(error, dict) else None,
             endpoint=data.get("endpoint") if isinstance(data.get("endpoint"), str) else None,
+            trigger=data["trigger"] if data.get("trigger") in TRIGGERS else "schedule",
         )
 
 
@@ -163,6 +171,8 @@ class History:
     conditions: dict[str, Condition] = dataclasses.field(default_factory=dict)
     unfinished: list[datetime.datetime] = dataclasses.field(default_factory=list)
     """Nominal times of runs a previous operator left in ``active``: after a crash they run again."""
+    backfill: dict[str, Any] | None = None
+    """The last backfill request and how far it got (from, to, total, done, state, message)."""
 
     def record(self, run: RunRecord, *, successful_limit: int, failed_limit: int) -> None:
         """Adds a run (newest first, by scheduled time) and trims each kind to its limit."""
@@ -204,6 +214,7 @@ class History:
             ("lastSuccessfulTime", rfc3339(self.last_successful_time)),
             ("lastFailureTime", rfc3339(self.last_failure_time)),
             ("lastRunNowToken", self.last_run_now_token),
+            ("backfill", self.backfill),
         ):
             if value is not None:
                 rendered[field] = value
@@ -226,6 +237,11 @@ class History:
         history.last_failure_time = parse_rfc3339(status.get("lastFailureTime"))
         token = status.get("lastRunNowToken")
         history.last_run_now_token = token if isinstance(token, str) else None
+        backfill = status.get("backfill")
+        if isinstance(backfill, dict) and isinstance(backfill.get("from"), str) and isinstance(backfill.get("to"), str):
+            history.backfill = dict(backfill)
+            if backfill.get("state") == "Running":  # the operator that ran it stopped: what is left is not run
+                history.backfill["state"] = "Interrupted"
         for run in status.get("active") or []:
             scheduled = parse_rfc3339(run.get("scheduledTime")) if isinstance(run, dict) else None
             if scheduled is not None:
