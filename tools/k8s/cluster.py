@@ -25,7 +25,11 @@ sys.path.insert(0, str(REPO))
 
 from tests.support import controlplane  # noqa: E402  (the repository's root on the path first)
 
-STATE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "schedulezero" / "cluster.json"
+STATE = pathlib.Path(
+    os.environ.get("SCHEDULEZERO_CLUSTER_STATE")
+    or pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "schedulezero" / "cluster.json"
+)
+"""Where the running cluster is remembered (``SCHEDULEZERO_CLUSTER_STATE`` to keep two apart)."""
 
 
 def _alive(pid: int) -> bool:
@@ -54,6 +58,7 @@ def up() -> int:
         crds = REPO / "manifests" / "crds"
         cluster.kubectl("apply", "--server-side", "-f", str(crds))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+        cluster.kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"))  # the operator's Leases go there
         state = {
             "pids": [process.popen.pid for process in plane.processes],
             "workdir": str(plane.workdir),
@@ -64,7 +69,8 @@ def up() -> int:
         STATE.write_text(json.dumps(state))
         print(f"cluster up, CRDs applied; kubectl is {state['kubectl']}", file=sys.stderr)
     print(f"export KUBECONFIG={state['kubeconfig']}")
-    print(f"export PATH={pathlib.Path(str(state['kubectl'])).parent}:$PATH")
+    # kubectl, and the kubectl-schedulezero plugin beside this interpreter.
+    print(f"export PATH={pathlib.Path(str(state['kubectl'])).parent}:{pathlib.Path(sys.executable).parent}:$PATH")
     return 0
 
 
