@@ -89,7 +89,7 @@ async def serve(handler: handler_.Handler, settings: server_.ServerSettings) -> 
         raise ServeError(f"cannot bind {settings.bind}: {error}") from None
     except OSError as error:  # the HTTP server's port
         raise ServeError(f"cannot serve /healthz and /readyz on port {settings.http_port}: {error.strerror}") from None
-    print(f"serving {type(handler).__name__} on {server.endpoint}", flush=True)
+    print(f"serving {type(handler).__name__} on {server.endpoint} ({len(server.methods)} methods)", flush=True)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", settings.drain_timeout)
     await server.stop()

@@ -157,7 +157,7 @@ class Server:
         if self.settings.idle_timeout > 0:
             self._spawn(self._idle_watch())
         self.ready = True
-        log.info("serving %s on %s (%d methods)", type(self.handler).__name__, self.endpoint, len(self.methods))
+        log.debug("serving %s on %s (%d methods)", type(self.handler).__name__, self.endpoint, len(self.methods))
 
     @property
     def stuck(self) -> bool:

@@ -562,7 +562,10 @@ class Engine:
         if deadline is not None and not manual and (utcnow() - nominal).total_seconds() > deadline:
             self._record_unrun(state, nominal, status.Outcome.MISSED, f"not started within {deadline} s of its time")
             self._event(
-                state.key, warning=True, reason="MissedSchedule", message=f"run of {nominal} missed its deadline"
+                state.key,
+                warning=True,
+                reason="MissedSchedule",
+                message=f"run of {status.rfc3339(nominal)} missed its deadline",
             )
             return
         if state.active:
@@ -571,7 +574,10 @@ class Engine:
                     state, nominal, status.Outcome.SKIPPED, "the previous run was still running", run_id=run_id
                 )
                 self._event(
-                    state.key, warning=True, reason="Skipped", message=f"run of {nominal} skipped: previous run active"
+                    state.key,
+                    warning=True,
+                    reason="Skipped",
+                    message=f"run of {status.rfc3339(nominal)} skipped: previous run active",
                 )
                 return
             if state.policy == "Replace":
@@ -683,10 +689,8 @@ class Engine:
         if record.outcome is status.Outcome.SUCCEEDED and record.finish_time is not None:
             self.metrics.series(self.metrics.last_success, *key.labels).set(record.finish_time.timestamp())
         elif record.outcome in (status.Outcome.FAILED, status.Outcome.TIMED_OUT) and record.error is not None:
-            message = (
-                f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} after "
-                f"{_count(record.attempts, 'attempt')}: "
-            )
+            tries = f"after {_count(record.attempts, 'attempt')}" if record.attempts else "without a call"
+            message = f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} {tries}: "
             self._event(key, warning=True, reason="RunFailed", message=message + record.error["message"])
         if self._observer is not None:
             self._observer.run_finished(key, record.render())

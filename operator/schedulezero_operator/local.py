@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from schedulezero_handler import client as client_
 from schedulezero_operator import engine as engine_
-from schedulezero_operator import manifests, probe
+from schedulezero_operator import manifests, probe, status
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -104,15 +104,20 @@ class Terminal:
     def problem(self, text: str) -> None:
         self.say(self._color(f"error   {text}", "31"))
 
+    def header(self) -> None:
+        """The columns of the run lines; a line appears when its run ends, so the first column is in order."""
+        self.say(f"{'finished':12}  {'scheduled':12}  {'schedule':32} {'outcome':10} {'duration':>11}  attempts result")
+
     def run_finished(self, key: ScheduleKey, run: dict[str, Any]) -> None:
         outcome = run["outcome"]
         colour = "32" if outcome == "Succeeded" else "33" if outcome in ("Skipped", "Missed") else "31"
+        finished = str(run.get("finishTime") or status.rfc3339(datetime.datetime.now(datetime.UTC)))[11:23]
         scheduled = run["scheduledTime"][11:23]
         duration = f"{run['durationSeconds'] * 1000:8.1f} ms" if "durationSeconds" in run else " " * 11
         attempts = run.get("attempts", 0)
         detail = run.get("result", "") if outcome == "Succeeded" else run.get("error", {}).get("message", "")
         detail = detail.splitlines()[0] if detail else ""
-        line = f"{scheduled}  {key!s:32} {outcome:10} {duration}  {attempts} att.  {detail[:70]}"
+        line = f"{finished:12}  {scheduled:12}  {key!s:32} {outcome:10} {duration}  {attempts} att.  {detail[:70]}"
         self.say(self._color(line, colour))
 
     def event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
@@ -161,6 +166,7 @@ class LocalMode:
         self._fingerprint = ""
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.terminal.header()
         await self.engine.start()
         self.prober.start()
         try:
