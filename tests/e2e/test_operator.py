@@ -110,10 +110,10 @@ def test_runs_show_in_status_and_in_kubectl(
 
     _, row = cluster.kubectl("get", "sched", "every2", "-n", namespace).stdout.splitlines()
     cells = row.split()
-    assert cells[:5] == ["every2", "@every", "2s", "probe", "tick"]
-    assert cells[5:7] == ["false", "True"]
-    assert cells[8] == "Succeeded"
-    assert cells[9].endswith("Z")  # NEXT RUN
+    assert cells[:3] == ["every2", "@every", "2s"]
+    assert cells[3:6] == ["false", "True", "Scheduled"]
+    assert cells[7] == "Succeeded"
+    assert cells[8].endswith("Z")  # NEXT RUN
 
     handler_status = eventually(
         lambda: (s := get(cluster, namespace, "hdl", "probe")["status"])["state"] == "Active" and s
@@ -131,18 +131,19 @@ def test_runs_show_in_status_and_in_kubectl(
 def test_invalid_schedule_is_flagged_and_the_valid_one_runs(
     cluster: controlplane.Cluster, namespace: str, operator: Operator, probe_handler: processes.HandlerProcess
 ) -> None:
+    # What the parser refuses, the API server refuses at apply (tests/e2e/test_validation_parity.py).
+    refused = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(schedule_doc("bad", schedule="61 * * * *")), check=False
+    )
+    assert refused.returncode != 0
+    assert 'spec.schedule: Invalid value: "61 * * * *": the minute field must be' in refused.stderr
     apply(
         cluster,
         namespace,
         handler_doc(probe_handler.endpoint),
-        schedule_doc("bad", schedule="61 * * * *"),
         schedule_doc("large", schedule="@every 1s", method="echo", params={"value": "x" * 70_000}),
         schedule_doc("good", schedule="@every 1s"),
     )
-    ready = eventually(lambda: get(cluster, namespace, "sched", "bad")["status"]["conditions"][0])
-    assert ready["status"] == "False"
-    assert ready["reason"] == "InvalidSchedule"
-    assert "minute field '61'" in ready["message"]
     # Params the API server stores but no run could send well: refused at once, not at every run.
     large = eventually(lambda: get(cluster, namespace, "sched", "large")["status"]["conditions"][0])
     assert (large["status"], large["reason"]) == ("False", "InvalidSchedule")
@@ -151,7 +152,7 @@ def test_invalid_schedule_is_flagged_and_the_valid_one_runs(
         lambda: [
             e
             for e in json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
-            if e["involvedObject"]["name"] == "bad" and e["reason"] == "InvalidSchedule"
+            if e["involvedObject"]["name"] == "large" and e["reason"] == "InvalidSchedule"
         ]
     )
     assert events[0]["type"] == "Warning"
