@@ -5,10 +5,10 @@ a large cache (``cache_entries``, default 500,000), which ``on_sleep`` drops and
 ``on_wake`` rebuilds. Two processes serve it with ``--idle-timeout 0`` (no idle
 sleep, so only the explicit ``sys.sleep`` calls put it to sleep):
 
-- the sleeping handler goes through several cycles of
-  ``sys.sleep`` → first call (X, which runs ``on_wake`` first), then
-  ``sys.sleep`` → ``sys.wake`` (Y, ``on_wake`` alone) → first call (Z), so
-  that the first call after sleep splits into X = Y + Z;
+- the sleeping handler goes through several cycles of ``sys.sleep`` → first
+  call (X: the call wakes the handler, which runs ``on_wake`` before it).
+  The handler times its own ``on_wake`` (W, ``last_wake_ms``), so X - W of
+  the same cycle is what waking on a call costs beyond the hook: the goal;
 - the same handler never sleeping, for its memory and call latency.
 
 Memory is the resident size the handler reports in ``sys.metrics``. The table
@@ -65,26 +65,26 @@ class ServedHandler:
 
 @dataclasses.dataclass(frozen=True)
 class Cycle:
-    """One sleep → first call, then one sleep → wake → first call."""
+    """One sleep, then the first call, which wakes the handler."""
 
     sleep_ms: float
     rss_sleeping: int
     first_call_after_sleep_ms: float
+    """X: the round trip of the call that woke the handler."""
+    on_wake_ms: float
+    """W: ``on_wake`` of this very wake, as the handler timed it."""
     rss_woken: int
-    wake_ms: float
-    first_call_after_wake_ms: float
 
     @property
-    def difference_ms(self) -> float:
-        """The first call after sleep less ``sys.wake`` alone: an estimate of Z, as noisy as ``on_wake`` is."""
-        return self.first_call_after_sleep_ms - self.wake_ms
+    def wake_on_call_ms(self) -> float:
+        """X - W: what the call paid beyond the hook (the wake itself, the call, the round trip)."""
+        return self.first_call_after_sleep_ms - self.on_wake_ms
 
     def describe(self) -> str:
         return (
             f"sleep {self.sleep_ms:,.0f} ms, RSS asleep {_mib(self.rss_sleeping)} MiB, "
-            f"first call after sleep {self.first_call_after_sleep_ms:,.0f} ms, "
-            f"RSS woken {_mib(self.rss_woken)} MiB, wake {self.wake_ms:,.0f} ms, "
-            f"first call after wake {self.first_call_after_wake_ms:.2f} ms"
+            f"first call after sleep {self.first_call_after_sleep_ms:,.1f} ms of which on_wake "
+            f"{self.on_wake_ms:,.1f} ms, RSS woken {_mib(self.rss_woken)} MiB"
         )
 
 
@@ -108,11 +108,9 @@ async def sleep_cycle(handler: ServedHandler) -> Cycle:
     sleep_ms = await go_to_sleep(handler)
     rss_sleeping = await handler.rss()
     first_call_after_sleep_ms = await handler.timed_ms("lookup", LOOKUP)
+    on_wake_ms = float(await handler.call("last_wake_ms"))
     rss_woken = await handler.rss()
-    await go_to_sleep(handler)
-    wake_ms = await handler.timed_ms("sys.wake")
-    first_call_after_wake_ms = await handler.timed_ms("lookup", LOOKUP)
-    return Cycle(sleep_ms, rss_sleeping, first_call_after_sleep_ms, rss_woken, wake_ms, first_call_after_wake_ms)
+    return Cycle(sleep_ms, rss_sleeping, first_call_after_sleep_ms, on_wake_ms, rss_woken)
 
 
 async def check_cache(handler: ServedHandler, entries: int) -> None:
@@ -186,26 +184,22 @@ def table(sleeping: Measured, never: Measured) -> str:
             f"{never.lookup_p50_ms:.2f} / {never.lookup_p99_ms:.2f}",
         ],
         ["sys.sleep, median [min, max] (ms)", _spread(sleeping, "sleep_ms"), "—"],
-        ["X: first call after sleep (ms)", _spread(sleeping, "first_call_after_sleep_ms"), "—"],
-        ["Y: sys.wake alone, i.e. on_wake (ms)", _spread(sleeping, "wake_ms"), "—"],
-        ["Z: first call after an explicit sys.wake (ms)", _spread(sleeping, "first_call_after_wake_ms", 2), "—"],
-        ["X - Y of each cycle (ms)", _spread(sleeping, "difference_ms", 1), "—"],
+        ["X: first call after sleep, it wakes the handler (ms)", _spread(sleeping, "first_call_after_sleep_ms"), "—"],
+        ["W: on_wake of that wake, timed by the handler (ms)", _spread(sleeping, "on_wake_ms"), "—"],
+        ["X - W: waking on a call, beyond on_wake (ms)", _spread(sleeping, "wake_on_call_ms", 2), "—"],
     ]
     return benchlib.markdown_table(["", "sleeping handler", "never-sleeping handler"], rows)
 
 
 def goals(sleeping: Measured) -> list[str]:
     ratio = _median(sleeping, "rss_sleeping") / sleeping.rss_active
-    first_call, wake = _median(sleeping, "first_call_after_sleep_ms"), _median(sleeping, "wake_ms")
-    rest = _median(sleeping, "first_call_after_wake_ms")
+    worst = max(cycle.wake_on_call_ms for cycle in sleeping.cycles)
     return [
         f"- sleeping RSS ≤ {SLEEPING_RSS_GOAL:.0%} of active: {ratio:.0%} "
         f"— {benchlib.verdict(ratio <= SLEEPING_RSS_GOAL)}",
-        f"- first call after sleep ≤ {FIRST_CALL_GOAL_MS:.0f} ms + on_wake: X {first_call:,.0f} ms ≈ on_wake "
-        f"Y {wake:,.0f} ms + Z {rest:.2f} ms — {benchlib.verdict(rest <= FIRST_CALL_GOAL_MS)}",
-        f"  (X - Y of each cycle: {_spread(sleeping, 'difference_ms', 1)} ms, while on_wake alone spans "
-        f"{_spread(sleeping, 'wake_ms')} ms: the difference cannot resolve {FIRST_CALL_GOAL_MS:.0f} ms, "
-        "so Z is timed directly)",
+        f"- first call after sleep ≤ on_wake + {FIRST_CALL_GOAL_MS:.0f} ms, in every cycle: X - W at most "
+        f"{worst:.2f} ms (median {_median(sleeping, 'wake_on_call_ms'):.2f} ms) "
+        f"— {benchlib.verdict(worst <= FIRST_CALL_GOAL_MS)}",
     ]
 
 

@@ -20,7 +20,6 @@ class LatenessHandler(Handler):
 
     async def on_start(self) -> None:
         self.lateness: list[float] = []
-        self.unscheduled = 0
 
     @expose
     async def tick(self) -> None:
@@ -28,7 +27,6 @@ class LatenessHandler(Handler):
         now = time.time()
         call = current_call()
         if call is None or call.scheduled_time is None:
-            self.unscheduled += 1
             return
         self.lateness.append(now - datetime.datetime.fromisoformat(call.scheduled_time).timestamp())
 

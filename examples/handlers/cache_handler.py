@@ -9,6 +9,7 @@ back to the operating system.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from schedulezero_handler import Handler, expose
@@ -19,6 +20,7 @@ class CacheHandler(Handler):
 
     async def on_start(self) -> None:
         self.cache: dict[str, dict[str, Any]] = {}
+        self.last_wake_seconds: float | None = None
         await asyncio.to_thread(self._build)
 
     async def on_sleep(self) -> None:
@@ -26,7 +28,9 @@ class CacheHandler(Handler):
 
     async def on_wake(self) -> None:
         # Seconds of CPU work: in a thread, so health probes and sys.* verbs are answered meanwhile.
+        started = time.perf_counter()
         await asyncio.to_thread(self._build)
+        self.last_wake_seconds = time.perf_counter() - started
 
     def _build(self) -> None:
         entries = int(self.config.get("cache_entries", 500_000))
@@ -39,6 +43,11 @@ class CacheHandler(Handler):
     def lookup(self, key: str) -> dict[str, Any] | None:
         """One cached record, or null."""
         return self.cache.get(key)
+
+    @expose
+    def last_wake_ms(self) -> float | None:
+        """How long the last ``on_wake`` took, timed here: what a first call after sleep waits for."""
+        return None if self.last_wake_seconds is None else self.last_wake_seconds * 1000
 
     @expose
     def size(self) -> int:

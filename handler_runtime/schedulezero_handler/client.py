@@ -338,20 +338,17 @@ class Client:
         call_id: bytes | None = None,
         schedule: str | None = None,
         scheduled_time: str | None = None,
-        retry_until: float | None = None,
         rng: random.Random | None = None,
     ) -> Any:
         """Calls ``method`` and returns its result, or raises the CallError it ended with.
 
         ``timeout`` bounds each attempt. Retryable errors are retried per
-        ``retry`` with the same call id; no attempt starts at or after
-        ``retry_until`` (event-loop time), so retries never overrun the next run.
-        The raised error's ``attempts`` says how many were made.
+        ``retry`` with the same call id. The raised error's ``attempts`` says
+        how many were made.
         """
         call_id = call_id or protocol.new_call_id()
         payload = dict(params or {})
         connection = self._connection(endpoint)
-        loop = asyncio.get_running_loop()
         attempt = 1
         while True:
             call = protocol.Call(
@@ -371,8 +368,6 @@ class Client:
                     raise
                 rng = rng or random.Random(call_id)  # only when retrying: it costs a few µs per call
                 delay = retry.delay(attempt, rng)
-                if retry_until is not None and loop.time() + delay >= retry_until:
-                    raise
                 log.debug(
                     "%s on %s failed (%s), attempt %d; retrying in %.2f s",
                     method,

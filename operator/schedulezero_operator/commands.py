@@ -183,6 +183,12 @@ def register_kubernetes(subparsers: Subparsers) -> None:
     )
     operator.add_argument("--probe-interval", type=float, default=30.0, help="seconds between probes of each Handler")
     operator.add_argument("--event-interval", type=float, default=60.0, help="seconds between like Events per object")
+    operator.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=300,
+        help="seconds a watch lasts before it is renewed, so a silently dropped connection cannot stall the operator",
+    )
     budget = budget_.BudgetSettings()
     operator.add_argument(
         "--kube-api-qps",
@@ -241,6 +247,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         status_interval=args.status_interval,
         probe_interval=args.probe_interval,
         event_interval=args.event_interval,
+        watch_timeout=args.watch_timeout,
         metrics_port=args.metrics_port or None,
         identity=args.identity,
         lease_namespace=args.lease_namespace,

@@ -291,7 +291,8 @@ async def _start(config: ControllerSettings) -> Runtime:
     client = client_.Client()
     metrics = OperatorMetrics()
     budget = budget_.Budget(config.budget, on_grant=lambda kind: metrics.api_requests.labels(kind).inc())
-    events = kubeapi.EventRecorder(api, interval=config.event_interval, budget=budget)
+    # reportingInstance names the replica: with several, `kubectl get events -o wide` says which one saw it.
+    events = kubeapi.EventRecorder(api, interval=config.event_interval, instance=config.identity, budget=budget)
     uids: dict[tuple[str, str, str], str] = {}
     shards = config.ha.shards
     elector = election.Elector(election_thread.NotConnected(), identity=config.identity, settings=config.ha)

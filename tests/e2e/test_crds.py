@@ -6,6 +6,7 @@ import datetime
 import json
 import pathlib
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -37,8 +38,19 @@ def test_server_is_the_chosen_kubernetes_release(cluster: controlplane.Cluster) 
         for line in (controlplane.REPO / "tools" / "k8s" / "versions.env").read_text().splitlines()
         if line and not line.startswith("#")
     )
+    # The version string is stamped by our own build; the module the Go toolchain compiled, with the
+    # checksum the module proxy served for it, is recorded in the binary by Go itself.
+    built = subprocess.run(
+        ["go", "version", "-m", str(cluster.bin_dir / "kube-apiserver")], capture_output=True, text=True, check=True
+    ).stdout
+    compiled = re.search(r"^\s+mod\s+k8s\.io/kubernetes\s+(\S+)\s+(h1:\S+)$", built, flags=re.MULTILINE)
+    assert compiled, built[:2000]
+    version, checksum = compiled.groups()
+    assert version == versions["KUBERNETES_VERSION"]
+    go_sum = (controlplane.REPO / "tools" / "k8s" / "kubernetes" / "go.sum").read_text()
+    assert f"k8s.io/kubernetes {version} {checksum}" in go_sum
     server = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
-    assert server["gitVersion"] == versions["KUBERNETES_VERSION"]
+    assert server["gitVersion"] == version  # and the running server is that binary
 
 
 def test_crds_are_established(cluster: controlplane.Cluster, crds: None) -> None:

@@ -11,6 +11,7 @@ import pathlib
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from schedulezero_handler import client as client_
+from schedulezero_operator import kubeapi
 from tests.support import controlplane, processes, waiting
 from tests.support.operator import Operator
 
@@ -413,3 +415,58 @@ def test_conditions_say_whether_each_schedule_can_run_and_kubectl_get_shows_why(
         assert f" {reason} " in row, row
     rejected = condition(get(cluster, namespace, "sched", "bad-params"), "Ready")
     assert "lacks the required parameter 'a'" in rejected["message"]
+
+
+def test_json_logs_a_liveness_endpoint_and_watches_that_keep_delivering_after_renewal(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    operator_kubeconfig: pathlib.Path,
+    probe_handler: processes.HandlerProcess,
+    tmp_path: pathlib.Path,
+) -> None:
+    liveness = controlplane.free_port()
+    options = ("--log-format", "json", "--liveness-port", str(liveness), "--watch-timeout", "2")
+    running = Operator(operator_kubeconfig, tmp_path / "json.log", "--namespace", namespace, extra=options).start()
+    try:
+        url = f"http://127.0.0.1:{liveness}/healthz"
+        health = waiting.eventually(lambda: _get(url), timeout=30, ignoring=(OSError,))
+        assert health == 200
+        time.sleep(7)  # the watches, renewed every 2 s, have been renewed a few times by now
+        apply(cluster, namespace, handler_doc(probe_handler.endpoint), schedule_doc("late", schedule="@every 1s"))
+        eventually(lambda: succeeded(get(cluster, namespace, "sched", "late")["status"]) >= 1, timeout=30)
+    finally:
+        assert running.stop() == 0
+    lines = [line for line in running.output().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line: one JSON object, nothing else
+    assert any("shard 0 acquired" in record.get("message", "") for record in records), lines[:5]
+    assert all({"message", "timestamp"} <= record.keys() for record in records), records[:3]
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status)
+
+
+async def test_like_events_are_held_back_and_the_next_one_says_how_many(
+    cluster: controlplane.Cluster, namespace: str
+) -> None:
+    api = kubeapi.Api(await kubeapi.connect(str(cluster.kubeconfig)))
+    recorder = kubeapi.EventRecorder(api, interval=2.0, instance="test-recorder")
+    recorder.start()
+    ref = kubeapi.ObjectRef("Schedule", namespace, "noisy", "")
+    try:
+        for number in range(5):
+            recorder.record(ref, warning=True, reason="RunFailed", message=f"failure {number}")
+        await asyncio.sleep(2.3)
+        recorder.record(ref, warning=True, reason="RunFailed", message="failure 5")
+        await asyncio.sleep(1.0)
+    finally:
+        await recorder.stop()
+        await api.close()
+    listed = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    posted = sorted(
+        (e for e in listed if e["involvedObject"]["name"] == "noisy"), key=lambda e: e["metadata"]["creationTimestamp"]
+    )
+    assert [e["message"] for e in posted] == ["failure 0", "failure 5 (4 more like this in the last 2 s)"]
+    assert [e["count"] for e in posted] == [1, 5]
+    assert {e["reportingInstance"] for e in posted} == {"test-recorder"}
