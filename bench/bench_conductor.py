@@ -2,7 +2,7 @@
 
 The handlers are light in-process servers on real sockets, in two processes of
 their own; the conductor's Scraper and Collector run in this process, as they
-do in ``schedulezero conductor``. Goals (DESIGN §10): 100 handlers scraped in
+do in ``schedulezero conductor``. Goals (README, Performance): 100 handlers scraped in
 at most 1 s, 1,000 in at most 5 s; /metrics in at most 50 ms.
 """
 

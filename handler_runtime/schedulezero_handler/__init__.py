@@ -1,7 +1,7 @@
 """The handler runtime: what a handler author writes against.
 
-It stays light (pyzmq, msgpack, psutil) so that a handler package does not pull
-in the operator's or the conductor's dependencies::
+It stays light (pyzmq, msgpack, psutil, PyYAML) so that a handler package does
+not pull in the operator's or the conductor's dependencies::
 
     from schedulezero_handler import Handler, expose
 

@@ -14,7 +14,7 @@ Size: an entry is about 57 bytes (a uid and a millisecond timestamp), about
 object limit up to about 9,000 Schedules per shard that all have a run in
 flight (10,000 such Schedules take 1.03 MB). A
 checkpoint that would exceed ``MAX_SIZE`` is not written, and says so loudly
-(an ERROR log line and ``schedulezero_checkpoint_oversized``): use more shards.
+(an ERROR log line, once per shard until it fits again): use more shards.
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        # One replica is the supported shape until HA exists: no peering at all,
-        # rather than kopf's default of peering when the peering resource exists.
+        # Replicas coordinate through their own sharded Leases (election.py), not kopf's
+        # peering: none at all, rather than kopf's default when the peering resource exists.
         settings.peering.standalone = True
         settings.peering.mandatory = False
         # Watches are renewed deliberately, so a silently dropped connection

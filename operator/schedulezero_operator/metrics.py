@@ -1,4 +1,4 @@
-"""The operator's Prometheus metrics (DESIGN §7).
+"""The operator's Prometheus metrics (listed with their labels in docs/operations.md).
 
 Status writes are coalesced, so metrics are where every single run is
 counted. Per-schedule gauges are removed with their Schedule so a deleted

@@ -1,4 +1,4 @@
-"""A Schedule's observed state, and its rendering as the status of DESIGN §3.
+"""A Schedule's observed state, and its rendering as its ``status`` (docs/architecture.md).
 
 The status is also the engine's memory across restarts: ``lastScheduleTime``
 says where catch-up starts, the run history and counters carry on, and

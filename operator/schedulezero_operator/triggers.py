@@ -3,7 +3,7 @@
 APScheduler is only the in-process timer; these classes decide the times. All
 of them work on aware datetimes and return UTC.
 
-Daylight-saving changes follow Vixie cron's rule (DESIGN §4). A cron schedule
+Daylight-saving changes follow Vixie cron's rule (docs/time.md). A cron schedule
 whose hour field is a wildcard follows the wall clock as it occurs: an hour
 skipped in spring does not exist, an hour repeated in autumn runs again. A
 schedule at fixed hours runs each nominal time exactly once: times that fall
@@ -258,6 +258,7 @@ def build_trigger(spec: Mapping[str, Any], *, created: datetime.datetime) -> Tri
     end = parse_time(spec["endTime"], "endTime") if spec.get("endTime") is not None else None
     if start is not None and end is not None and end <= start:
         raise InvalidSchedule("endTime must be after startTime")
+    zone = parse_timezone(spec.get("timeZone") or "UTC")  # checked whatever the schedule, as the API server does
     if run_at is not None:
         return RunAtTrigger(parse_time(run_at, "runAt"), start=start, end=end)
     text = str(schedule).strip(cron.BLANKS)
@@ -265,7 +266,7 @@ def build_trigger(spec: Mapping[str, Any], *, created: datetime.datetime) -> Tri
         interval = parse_every(text)
         anchor = start if start is not None else created
         return EveryTrigger(interval, anchor=anchor, include_anchor=start is not None, start=start, end=end)
-    return CronTrigger(text, timezone=parse_timezone(spec.get("timeZone") or "UTC"), start=start, end=end)
+    return CronTrigger(text, timezone=zone, start=start, end=end)
 
 
 def fire_times(

@@ -169,6 +169,7 @@ ZONES = sorted(zoneinfo.available_timezones())
 )
 def test_the_api_server_and_the_parser_agree_on_time_zones(server: Server, zone: str) -> None:
     agree(server, {"schedule": "0 0 * * *", "timeZone": zone})
+    agree(server, {"schedule": "@every 1h", "timeZone": zone})  # checked whatever the kind of schedule
 
 
 ODD_TIMES = [

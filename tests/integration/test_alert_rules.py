@@ -1,4 +1,4 @@
-"""The shipped alert rules and Grafana dashboard (DESIGN §7), checked with the real promtool.
+"""The shipped alert rules and Grafana dashboard (docs/operations.md), checked with the real promtool.
 
 promtool comes from Debian's `prometheus` package; without it these tests fail, they never skip.
 """

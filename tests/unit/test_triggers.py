@@ -1,4 +1,4 @@
-"""Schedule triggers: the cron dialect, @every, runAt, windows and DST (DESIGN §4).
+"""Schedule triggers: the cron dialect, @every, runAt, windows and DST (docs/time.md).
 
 Every expected value below was worked out by hand from the calendar and the zone
 rules, not by running a cron library. Calendar facts used throughout:
@@ -157,7 +157,7 @@ DIALECT = [
         ],
         id="star-step-dom-counts-as-restricted",
     ),
-    # '*/1' is still unrestricted (DESIGN: '*' or '?' with no step or '/1'), so this is Mondays only.
+    # '*/1' is still unrestricted (docs/time.md: '*' or '?' with no step or '/1'), so this is Mondays only.
     pytest.param(
         "0 0 */1 * MON",
         "2026-06-01 00:00",
@@ -410,7 +410,7 @@ def test_a_date_that_never_exists_has_no_fire_time() -> None:
     assert triggers.fire_times(trigger, utc("2026-01-01 00:00"), utc("2036-01-01 00:00")) == []
 
 
-# --- DST (DESIGN §4: Vixie cron's rule) ---------------------------------------------------------------------------
+# --- DST (Vixie cron's rule, docs/time.md) ------------------------------------------------------------------------
 # Hour field starting with '*': the wall clock as it occurs (skipped hour: nothing; repeated hour: runs again).
 # Fixed hours: each nominal time once; skipped times run together at the first instant after the gap; repeated times
 # only in their first occurrence. Comments give the local wall-clock time of each expected UTC instant.
@@ -445,7 +445,7 @@ DST = [
         "*/15 2 * * *",
         NEW_YORK,
         "2026-03-08 06:00",
-        # The hour field is fixed (only the minute is '*'), so DESIGN's fixed-hour rule applies: 02:00-02:45 -> 03:00.
+        # The hour field is fixed (only the minute is '*'), so the fixed-hour rule applies: 02:00-02:45 -> 03:00.
         [
             "2026-03-08 07:00",  # one run at 03:00 EDT for all four skipped times
             "2026-03-09 06:00",  # 02:00 EDT
