@@ -6,10 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: promtool and prometheus for the metrics tests,
-# ip for the handler-replica tests' pod addresses.
-DEB_PACKAGES := prometheus iproute2
+# ip for the handler-replica tests' pod addresses, buildah and debootstrap to
+# build the images the tests run.
+DEB_PACKAGES := prometheus iproute2 buildah debootstrap
 
-.PHONY: demo test setup venv debs control-plane cluster cluster-down lint typecheck pytest manifests clean
+.PHONY: demo test setup venv debs control-plane image cluster cluster-down lint typecheck pytest manifests clean
 
 test: setup lint typecheck pytest
 
@@ -17,7 +18,7 @@ test: setup lint typecheck pytest
 demo: venv
 	$(BIN)/schedulezero demo
 
-setup: venv debs control-plane
+setup: venv debs control-plane image
 
 # Reinstalled only when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -39,6 +40,11 @@ debs:
 # Builds kube-apiserver, kubectl, etcd and helm once, cached by version outside the tree.
 control-plane:
 	@tools/k8s/build.sh >/dev/null
+
+# The ScheduleZero image and the example vendor image, built with buildah (the base
+# once, then about a minute); tests/e2e/test_image.py runs them.
+image: debs
+	@tools/image/build.sh
 
 # A local etcd + kube-apiserver with the CRDs, to try the operator with kubectl:
 # eval "$(make -s cluster)" sets KUBECONFIG (and PATH for kubectl); make cluster-down removes it.
