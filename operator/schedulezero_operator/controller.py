@@ -86,6 +86,8 @@ class Runtime:
     """Each Handler's spec, by namespace/name."""
     methods: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict)
     """The methods each Handler's replicas were last seen to expose, by namespace/name."""
+    curves: dict[str, security.CurveClient | None] = dataclasses.field(default_factory=dict)
+    """Each Handler's CURVE keys, read from its Secret on the Handler's events (not on its pods' changes)."""
     probed: dict[str, replicas.Summary] = dataclasses.field(default_factory=dict)
     """Each Handler's last probe, by namespace/name: reachable, and its methods' declared parameters."""
     serving: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -208,7 +210,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         if event["type"] == "DELETED":
             runtime.engine.set_handler(namespace, name, None)
             runtime.prober.forget(qualified)
-            for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving, runtime.probed):
+            for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving, runtime.probed,
+                         runtime.curves):  # fmt: skip
                 gone.pop(qualified, None)
             return
         runtime.uids["Handler", namespace, name] = body["metadata"]["uid"]
@@ -218,6 +221,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             methods = known.get("methods") if known.get("endpoint") == resolve_endpoint(namespace, spec) else None
             runtime.methods[qualified] = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
             runtime.specs[qualified] = spec
+        runtime.curves[qualified] = await _curve(runtime, namespace, name, spec)
         await _publish(runtime, namespace, name)
 
     @kopf.on.event(
@@ -262,7 +266,7 @@ async def _publish(runtime: Runtime, namespace: str, name: str) -> None:
     address = resolve_endpoint(namespace, spec)
     pods = _pods(runtime, namespace, spec)
     serving = [pod.address for pod in pods if pod.serving] if pods is not None else [address]
-    curve = await _curve(runtime, namespace, name, spec)
+    curve = runtime.curves.get(qualified)
     for endpoint in serving:
         await runtime.client.set_curve(endpoint, curve)
     runtime.engine.set_handler(namespace, name, _info(runtime, qualified, address, pods))
