@@ -444,14 +444,22 @@ class Engine:
         self._scheduler.add_job(
             _timer_job, trigger=state.trigger, id=job_id, replace_existing=True, next_run_time=state.next_run_time
         )
-        self.metrics.series(self.metrics.next_run, *state.key.labels).set(state.next_run_time.timestamp())
+        self._show_next_run(state)
 
     def _unschedule(self, state: ScheduleState) -> None:
         state.next_run_time = None
         job = self._scheduler.get_job(str(state.key))
         if job is not None:
             job.remove()
-        self.metrics.drop(self.metrics.next_run, *state.key.labels)
+        self._show_next_run(state)
+
+    def _show_next_run(self, state: ScheduleState) -> None:
+        """Every replica keeps every Schedule's timer, so each one's gauge follows it, owner or not; a
+        Schedule with no time left has none, as it has no next run."""
+        if state.next_run_time is None:
+            self.metrics.drop(self.metrics.next_run, *state.key.labels)
+        else:
+            self.metrics.series(self.metrics.next_run, *state.key.labels).set(state.next_run_time.timestamp())
 
     def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
         """APScheduler's hand-over: queued, since it hands over every due job before returning to the loop."""
@@ -485,12 +493,11 @@ class Engine:
         if state is None or state.trigger is None:
             return
         state.next_run_time = state.trigger.next_after(run_times[-1])
+        self._show_next_run(state)
         if not self._owns(state.key):  # fenced: its owner fires it, or a new one catches up
             state.unowned_since = state.unowned_since or run_times[0]
             return
         state.unowned_since = None
-        if state.next_run_time is not None:
-            self.metrics.series(self.metrics.next_run, namespace, name).set(state.next_run_time.timestamp())
         for nominal in run_times:
             self._due(state, nominal)
         if state.next_run_time is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -561,6 +562,34 @@ async def test_times_skipped_while_not_owned_are_caught_up_even_before_a_first_r
     seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
     assert (seen[0] - _created[key]).total_seconds() <= 1.0  # the first time due after creation ran
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
+
+
+def next_run_gauge(engine: engine_.Engine, key: ScheduleKey) -> float | None:
+    labels = {"namespace": key.namespace, "schedule": key.name}
+    return engine.metrics.registry.get_sample_value("schedulezero_schedule_next_run_timestamp_seconds", labels)
+
+
+async def test_every_replica_shows_each_schedules_next_run_and_none_once_no_time_is_left(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """The next-run gauge is what the missed-runs alert and the dashboard read, from any replica: a standby's
+    must move on with the timer it keeps, and a Schedule that has fired its last time has no next run."""
+    ownership = Ownership()
+    standby, _ = await fenced_engine(handler, client, ownership)
+    try:
+        every = apply(standby, {"method": "tick", "schedule": "@every 1s"})
+        once = apply(standby, {"method": "tick", "runAt": soon(0.5)})
+        first = next_run_gauge(standby, every)
+        assert first is not None
+        assert next_run_gauge(standby, once) is not None
+        await asyncio.sleep(2.6)
+        later = next_run_gauge(standby, every)
+        assert later is not None
+        assert later >= first + 2
+        assert later > time.time()
+        assert next_run_gauge(standby, once) is None
+    finally:
+        await standby.stop()
 
 
 async def test_a_checkpoint_older_than_the_first_time_let_pass_is_where_a_takeover_resumes(
