@@ -82,7 +82,7 @@ class Budget:
         return sum(len(queue) for queue in self._waiters.values())
 
     async def acquire(self, kind: str, *, priority: Priority = Priority.STATUS) -> None:
-        """Waits for a token; ``kind`` (e.g. "schedule-status", "lease") is what the metrics count."""
+        """Waits for a token; ``kind`` (e.g. "schedule-status", "checkpoint") is what the metrics count."""
         self._refill()
         ahead = any(self._waiters[p] for p in Priority if p <= priority)
         if not ahead and self._tokens >= 1:

@@ -399,6 +399,7 @@ async def _curve(runtime: Runtime, namespace: str, name: str, spec: dict[str, An
     if not secret_name:
         return None
     try:
+        await runtime.budget.acquire("secret")
         return await runtime.api.curve_keys(namespace, str(secret_name))
     except (ApiException, ValueError) as error:
         message = f"CURVE keys from Secret {secret_name!r} unusable: {getattr(error, 'reason', None) or error}"
