@@ -251,6 +251,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         identity=args.identity,
         lease_namespace=args.lease_namespace,
+        namespaces=() if args.all_namespaces else tuple(args.namespace),
     )
     try:
         config = dataclasses.replace(

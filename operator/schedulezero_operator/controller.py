@@ -30,7 +30,17 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from schedulezero_handler import client as client_
 from schedulezero_handler import endpoints, security
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import checkpoints, election, election_thread, kubeapi, leases, probe, replicas, status
+from schedulezero_operator import (
+    checkpoints,
+    election,
+    election_thread,
+    joining,
+    kubeapi,
+    leases,
+    probe,
+    replicas,
+    status,
+)
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
@@ -62,6 +72,10 @@ class ControllerSettings:
     """Where the Leases and checkpoints live: the operator's own namespace."""
     budget: budget_.BudgetSettings = dataclasses.field(default_factory=budget_.BudgetSettings)
     """The rate of every request but the watches and the Leases: status, Events and checkpoints."""
+    namespaces: tuple[str, ...] = ()
+    """The namespaces watched; empty is every namespace."""
+    joining: joining.JoinSettings = dataclasses.field(default_factory=joining.JoinSettings)
+    """When this replica enters the election: once it has seen every Schedule (joining.py)."""
 
 
 @dataclasses.dataclass
@@ -80,6 +94,10 @@ class Runtime:
     ha_metrics: HaMetrics
     uids: dict[tuple[str, str, str], str]
     """(kind, namespace, name) -> uid, for Events about objects."""
+    listing: joining.Listing
+    """The Schedules listed at start: the election waits until the watch has delivered them all."""
+    joined: asyncio.Task[None] | None = None
+    """Lists the Schedules, waits for them, then enters the election."""
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Last Handler status written, by namespace/name."""
     specs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -164,6 +182,9 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         await runtime.prober.stop()
         await runtime.engine.stop()
         await runtime.checkpointer.stop()
+        if runtime.joined is not None and not runtime.joined.done():  # stopped before it joined: nothing to give up
+            runtime.joined.cancel()
+            await asyncio.gather(runtime.joined, return_exceptions=True)
         await runtime.election.stop()
         await runtime.events.stop()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
@@ -177,6 +198,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         assert namespace is not None  # both resources are namespaced
         runtime: Runtime = memo.runtime
         key = ScheduleKey(namespace, name)
+        runtime.listing.saw(key)
         if event["type"] == "DELETED":
             runtime.engine.remove_schedule(key)
             runtime.checkpointer.forget(key)
@@ -344,6 +366,7 @@ async def _start(config: ControllerSettings) -> Runtime:
         checkpointer=checkpointer,
         ha_metrics=metrics.track_election(elector),
         uids=uids,
+        listing=joining.Listing(config.joining),
     )
     client.on_connection = lambda endpoint, up: prober.poke(endpoint)  # a lost pod shows in status at once
     if config.metrics_port:
@@ -352,15 +375,30 @@ async def _start(config: ControllerSettings) -> Runtime:
     await runtime.engine.start()
     runtime.prober.start()
     checkpointer.start()
-    await runtime.election.start(
-        on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),
-        on_lost=lambda shard, why: _lost(runtime, shard, why),
-    )
+    runtime.joined = asyncio.get_running_loop().create_task(_join(runtime, config))
     log.info(
         "operator %s: %d shards, Leases %s-shard-N in %s",
         config.identity, shards, config.ha.prefix, config.lease_namespace,
     )  # fmt: skip
     return runtime
+
+
+async def _join(runtime: Runtime, config: ControllerSettings) -> None:
+    """Enters the election once the watch has delivered every Schedule listed now (see joining.py)."""
+
+    async def listed() -> set[ScheduleKey]:
+        await runtime.budget.acquire("list")
+        return await runtime.api.schedule_keys(config.namespaces)
+
+    try:
+        await runtime.listing.wait(listed)
+    except ApiException as error:  # the watch lists them too; joining without waiting only risks a slow takeover
+        log.warning("could not list the Schedules (%s); joining the election without waiting for them", error.reason)
+        runtime.listing.complete = True
+    await runtime.election.start(
+        on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),
+        on_lost=lambda shard, why: _lost(runtime, shard, why),
+    )
 
 
 def _acquired(runtime: Runtime, shard: int, generation: int) -> None:

@@ -90,6 +90,27 @@ class Api:
         )
         return token
 
+    async def schedule_keys(self, namespaces: tuple[str, ...], *, page: int = 500) -> set[ScheduleKey]:
+        """Every Schedule in ``namespaces`` (all of them when empty), listed in pages of ``page``."""
+        keys: set[ScheduleKey] = set()
+        for namespace in namespaces or (None,):
+            token = None
+            while True:
+                options: dict[str, Any] = {"limit": page, "_request_timeout": REQUEST_TIMEOUT}
+                if token:
+                    options["_continue"] = token
+                if namespace is None:
+                    listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, "schedules", **options)
+                else:
+                    listed = await self.custom.list_namespaced_custom_object(
+                        GROUP, VERSION, namespace, "schedules", **options
+                    )
+                keys.update(ScheduleKey(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed["items"])
+                token = listed["metadata"].get("continue")
+                if not token:
+                    break
+        return keys
+
     async def curve_keys(self, namespace: str, secret_name: str) -> security.CurveClient:
         """The CURVE keys a Handler's Secret holds: the handler's server.key and our client.key_secret."""
         secret = await self.core.read_namespaced_secret(secret_name, namespace)

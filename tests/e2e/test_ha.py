@@ -165,6 +165,50 @@ def test_replicas_share_the_shards_and_each_run_happens_once(
     assert len({schedule for schedule, _ in counts}) == 20
 
 
+JOINED = re.compile(r"saw (\d+) of the (\d+) Schedules listed at start")
+
+
+def test_a_replica_takes_shards_only_once_it_has_seen_every_schedule(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    system_kubeconfigs: dict[str, pathlib.Path],
+    probe_handler: processes.HandlerProcess,
+    tmp_path: pathlib.Path,
+) -> None:
+    """A replica still receiving its initial listing would take over Schedules it has not seen, and fire
+    them only once the listing is through; it stays out of the election until then, so a rolling update's
+    departing replica hands its shards to a replica that knows them, and the newcomer joins after."""
+    replicas = Replicas(system_kubeconfigs["operator"], namespace, tmp_path)
+    count = 800
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=handler(probe_handler.endpoint))
+        documents = json.loads("[" + schedules(count).replace("\n---\n", ",") + "]")
+        for document in documents:
+            document["spec"]["schedule"] = "@every 1h"  # the test is about who holds what, not about runs
+        cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": documents}))  # fmt: skip
+        first, second = replicas.start(), replicas.start()
+        waiting.eventually(lambda: len([h for h in replicas.holders(cluster).values() if h]) == SHARDS, timeout=90)
+        newcomer = replicas.start()
+        assert first.stop() == 0, first.output()[-3000:]  # a rolling update: the old one goes as the new one starts
+        waiting.eventually(lambda: "replica-2" in replicas.holders(cluster).values(), timeout=90)
+        waiting.eventually(lambda: "replica-0" not in replicas.holders(cluster).values(), timeout=30)
+    finally:
+        for replica in replicas.all:
+            if replica.popen is not None and replica.popen.poll() is None:
+                assert replica.stop() == 0, replica.output()[-3000:]
+    for replica in (first, second, newcomer):
+        lines = replica.output().splitlines()
+        joined = [i for i, line in enumerate(lines) if JOINED.search(line)]
+        acquired = [i for i, line in enumerate(lines) if re.search(r"shard \d+ acquired", line)]
+        assert joined, replica.output()[-3000:]
+        match = JOINED.search(lines[joined[0]])
+        assert match is not None
+        assert match[1] == match[2] == str(count), lines[joined[0]]
+        assert acquired, replica.output()[-3000:]
+        assert joined[0] < acquired[0], "a shard was taken before every Schedule was seen"
+
+
 def test_every_run_happens_once_through_kills_pauses_partitions_and_a_rolling_restart(
     cluster: controlplane.Cluster,
     namespace: str,
