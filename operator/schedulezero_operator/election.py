@@ -90,8 +90,8 @@ class LeaseStore(Protocol):
     async def update(self, name: str, record: LeaseRecord) -> LeaseRecord:
         """Replaces the Lease if its resourceVersion is still ``record.version``; raises Conflict otherwise."""
 
-    async def members(self) -> dict[str, LeaseRecord]:
-        """The member Leases, by name."""
+    async def list_all(self) -> dict[str, LeaseRecord]:
+        """Every Lease of this election (``PREFIX-member-*`` and ``PREFIX-shard-*``), by name: one request."""
 
     async def delete(self, name: str) -> None: ...
 
@@ -177,7 +177,7 @@ class Elector:
         """One round: heartbeat, count the live, renew, give up the excess, take free shards."""
         try:
             await self._heartbeat()
-            await self._count_members()
+            await self._survey()
         except Exception as error:  # the shards' own requests fail alike, and fencing does the rest
             log.warning("heartbeat failed: %s", error)
         share = math.ceil(self.settings.shards / self.live_members)
@@ -211,14 +211,24 @@ class Elector:
             with contextlib.suppress(Conflict):
                 await self.store.update(name, dataclasses.replace(fresh, version=record.version))
 
-    async def _count_members(self) -> None:
-        members = await self.store.members()
+    async def _survey(self) -> None:
+        """Counts the live members, and notes every shard Lease's changes, held or not.
+
+        Noting them every round starts a dead holder's expiry from its last
+        renewal, not from when this replica first looked at the shard, which it
+        does only once it falls below its share: that is when the dead
+        holder's own member Lease has expired, a lease duration later.
+        """
+        leases = await self.store.list_all()
+        members, shards = f"{self.settings.prefix}-member-", f"{self.settings.prefix}-shard-"
         own = self._member_name(self.identity)
         live = 1
-        for name, record in members.items():
-            if name != own and not self._expired(name, record):
+        for name, record in leases.items():
+            if name.startswith(shards):
+                self._observe(name, record)
+            elif name.startswith(members) and name != own and not self._expired(name, record):
                 live += 1
-        for name in [n for n in self._seen if n.startswith(f"{self.settings.prefix}-member-") and n not in members]:
+        for name in [n for n in self._seen if n.startswith(members) and n not in leases]:
             del self._seen[name]
         self.live_members = live
 
@@ -227,14 +237,16 @@ class Elector:
     def _shard_name(self, shard: int) -> str:
         return f"{self.settings.prefix}-shard-{shard}"
 
-    def _expired(self, name: str, record: LeaseRecord) -> bool:
-        """Whether ``record`` has not changed for a lease duration, on this replica's own clock."""
-        now = self.clock()
+    def _observe(self, name: str, record: LeaseRecord) -> _Seen:
+        """The moment this version of the Lease was first seen, on this replica's own clock."""
         seen = self._seen.get(name)
         if seen is None or seen.version != record.version:
-            self._seen[name] = _Seen(record.version, now)
-            return False
-        return now - seen.at > record.lease_duration
+            seen = self._seen[name] = _Seen(record.version, self.clock())
+        return seen
+
+    def _expired(self, name: str, record: LeaseRecord) -> bool:
+        """Whether ``record`` has not changed for a lease duration, on this replica's own clock."""
+        return self.clock() - self._observe(name, record).at > record.lease_duration
 
     async def _renew(self, shard: int) -> None:
         name = self._shard_name(shard)

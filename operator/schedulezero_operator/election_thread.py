@@ -44,7 +44,7 @@ class NotConnected:
     async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
         raise RuntimeError("the election's Lease store is not connected yet")
 
-    async def members(self) -> dict[str, election.LeaseRecord]:
+    async def list_all(self) -> dict[str, election.LeaseRecord]:
         raise RuntimeError("the election's Lease store is not connected yet")
 
     async def delete(self, name: str) -> None:

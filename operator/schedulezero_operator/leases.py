@@ -60,11 +60,10 @@ class KubeLeases(kubeapi.ElectionStore):
             metadata=k8s.V1ObjectMeta(name=name, namespace=self.namespace, labels=labels), spec=_spec(record)
         )
 
-    async def members(self) -> dict[str, election.LeaseRecord]:
-        leases = await self._api.list_namespaced_lease(
-            self.namespace, label_selector=f"{MEMBER_LABEL}=true", _request_timeout=self._timeout
-        )
-        return {lease.metadata.name: _record(lease) for lease in leases.items}
+    async def list_all(self) -> dict[str, election.LeaseRecord]:
+        listed = await self._api.list_namespaced_lease(self.namespace, _request_timeout=self._timeout)
+        mine = (f"{self._prefix}-member-", f"{self._prefix}-shard-")  # not another installation's in this namespace
+        return {lease.metadata.name: _record(lease) for lease in listed.items if lease.metadata.name.startswith(mine)}
 
     async def delete(self, name: str) -> None:
         try:

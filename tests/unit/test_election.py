@@ -31,7 +31,6 @@ class MemoryLeases:
 
     def __init__(self) -> None:
         self.leases: dict[str, election.LeaseRecord] = {}
-        self.member_names: set[str] = set()
         self.versions = 0
         self.down: set[str] = set()
         """Identities whose requests fail, as if cut off from the API server."""
@@ -53,8 +52,6 @@ class MemoryLeases:
         self._check()
         if name in self.leases:
             raise election.Conflict(name)
-        if member:
-            self.member_names.add(name)
         self.leases[name] = self._stored(record)
         return self.leases[name]
 
@@ -65,14 +62,13 @@ class MemoryLeases:
         self.leases[name] = self._stored(record)
         return self.leases[name]
 
-    async def members(self) -> dict[str, election.LeaseRecord]:
+    async def list_all(self) -> dict[str, election.LeaseRecord]:
         self._check()
-        return {name: self.leases[name] for name in self.member_names if name in self.leases}
+        return dict(self.leases)
 
     async def delete(self, name: str) -> None:
         self._check()
         self.leases.pop(name, None)
-        self.member_names.discard(name)
 
 
 class Replica:
@@ -257,3 +253,18 @@ async def test_a_holder_late_for_its_renew_takes_its_shard_again_rather_than_res
     assert alone.events == [*(("lost", s) for s in range(4)), *(("acquired", s) for s in range(4))]
     assert alone.elector.held() == [0, 1, 2, 3]
     assert {lease.holder for name, lease in store.leases.items() if "shard" in name} == {"a"}
+
+
+async def test_a_dead_holders_shards_are_taken_a_lease_duration_after_its_last_renew_even_by_a_replica_at_its_share(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """The survivor holds its share and tries no other shard while the dead replica still counts as live; once
+    its member Lease expires, the shards must already have been watched expiring, not first looked at then."""
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a, b], clock, 4)
+    assert sorted(len(held) for held in holders([a, b]).values()) == [2, 2]
+    died = clock.now - SETTINGS.retry_period  # a's last round (SIGKILL: no release, no goodbye)
+    while len(b.elector.held()) < SETTINGS.shards:
+        await rounds([b], clock, 1)
+        assert clock.now - died < 3 * SETTINGS.lease_duration, "never taken over"
+    assert clock.now - died <= SETTINGS.lease_duration + 2 * SETTINGS.retry_period
