@@ -168,6 +168,9 @@ def failover(replicas: Replicas, how: signal.Signals) -> list[float]:
     moved = takeovers(replicas, since)
     print(f"  {how.name}: {victim.name} held {shards}; taken over after "
           + ", ".join(f"{moved[s]:.1f} s" for s in shards), flush=True)  # fmt: skip
+    for line in victim.output().splitlines():  # what a graceful stop did before it released the shards
+        if "pending statuses" in line or "lost: released" in line:
+            print(f"    {line}", flush=True)
     return [moved[s] for s in shards]
 
 

@@ -227,7 +227,12 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending, oldest = self._writer.backlog()
+        if pending:  # its shards are handed over only after these: say why a rolling update waits
+            log.info("writing up to %d pending statuses (oldest change %.0f s) before stopping", pending, oldest)
         await self._writer.stop()
+        if pending:
+            log.info("pending statuses written")
 
     # -- inputs -------------------------------------------------------------------
 
