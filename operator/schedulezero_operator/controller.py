@@ -392,8 +392,9 @@ async def _join(runtime: Runtime, config: ControllerSettings) -> None:
 
     try:
         await runtime.listing.wait(listed)
-    except ApiException as error:  # the watch lists them too; joining without waiting only risks a slow takeover
-        log.warning("could not list the Schedules (%s); joining the election without waiting for them", error.reason)
+    except Exception as error:  # an operator that never joined would fire nothing: join, risking a slow takeover
+        reason = getattr(error, "reason", None) or error
+        log.warning("could not list the Schedules (%s); joining the election without waiting for them", reason)
         runtime.listing.complete = True
     await runtime.election.start(
         on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),

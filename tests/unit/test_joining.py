@@ -59,3 +59,30 @@ async def test_once_complete_it_keeps_nothing() -> None:
     await gate.wait(listed)
     gate.saw(ScheduleKey("ns", "later"))
     assert gate._seen == set()
+
+
+async def test_an_operator_that_cannot_list_joins_anyway_rather_than_never() -> None:
+    """An operator outside the election fires nothing: a failed list (timeout, no route) must not keep it out."""
+    from types import SimpleNamespace
+
+    from schedulezero_operator import controller
+
+    class Election:
+        started = False
+
+        async def start(self, **_: object) -> None:
+            self.started = True
+
+    class Budget:
+        async def acquire(self, kind: str) -> None:
+            pass
+
+    class Api:
+        async def schedule_keys(self, namespaces: tuple[str, ...]) -> set[ScheduleKey]:
+            raise TimeoutError("the API server did not answer")
+
+    election = Election()
+    runtime = SimpleNamespace(budget=Budget(), api=Api(), listing=listing(), election=election)
+    await controller._join(runtime, controller.ControllerSettings())  # type: ignore[arg-type]
+    assert election.started
+    assert runtime.listing.complete
