@@ -45,7 +45,7 @@ import bench_operator
 import benchlib
 
 sys.path.insert(0, str(benchlib.REPO))
-from tests.support import controlplane
+from tests.support import controlplane, processes
 
 NAMESPACE = bench_operator.NAMESPACE
 SYSTEM = "schedulezero-system"
@@ -126,16 +126,9 @@ def schedules(count: int, *, first_runs: datetime.datetime, spread: float) -> li
     return items
 
 
-def executions(endpoint: str) -> collections.Counter[tuple[str, str]]:
-    """How often the handler executed each (Schedule, nominal time): counted where the work happens, since
-    status writes are paced by the operator's API budget and lag the runs by design."""
-    command = [benchlib.SCHEDULEZERO, "call", endpoint, "ticks_seen", "--timeout", "60"]
-    ticks = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-    return collections.Counter((tick["schedule"], tick["scheduled"]) for tick in ticks)
-
-
 def fired(endpoint: str) -> int:
-    return len({schedule for schedule, _ in executions(endpoint)})
+    """Schedules that ran, counted at the handler: statuses are paced by the API budget and lag the runs."""
+    return len({schedule for schedule, _ in processes.executions(endpoint)})
 
 
 def election_rate(window: bench_operator.Window) -> tuple[float, float]:
@@ -236,7 +229,7 @@ def main() -> None:
             killed = [t for _ in range(args.kills) for t in failover(replicas, signal.SIGKILL)]
             terminated = [t for _ in range(args.replicas) for t in failover(replicas, signal.SIGTERM)]
             warnings = sum(1 for r in replicas.all for line in r.output().splitlines() if "ERROR" in line)
-            counted = executions(handler.endpoint)
+            counted = processes.executions(handler.endpoint)
     print()
     rows = [
         ["no Schedules", *(f"{rate:.2f}" for rate in election_rate(empty))],

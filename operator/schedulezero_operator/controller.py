@@ -390,12 +390,7 @@ async def _join(runtime: Runtime, config: ControllerSettings) -> None:
         await runtime.budget.acquire("list")
         return await runtime.api.schedule_keys(config.namespaces)
 
-    try:
-        await runtime.listing.wait(listed)
-    except Exception as error:  # an operator that never joined would fire nothing: join, risking a slow takeover
-        reason = getattr(error, "reason", None) or error
-        log.warning("could not list the Schedules (%s); joining the election without waiting for them", reason)
-        runtime.listing.complete = True
+    await runtime.listing.wait(listed)
     await runtime.election.start(
         on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),
         on_lost=lambda shard, why: _lost(runtime, shard, why),

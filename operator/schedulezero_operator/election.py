@@ -84,7 +84,7 @@ class LeaseStore(Protocol):
 
     async def get(self, name: str) -> LeaseRecord | None: ...
 
-    async def create(self, name: str, record: LeaseRecord, *, member: bool) -> LeaseRecord:
+    async def create(self, name: str, record: LeaseRecord) -> LeaseRecord:
         """Raises Conflict if it exists."""
 
     async def update(self, name: str, record: LeaseRecord) -> LeaseRecord:
@@ -206,7 +206,7 @@ class Elector:
         fresh = LeaseRecord(holder=self.identity, lease_duration=self.settings.lease_duration, renewed=self._wall())
         if record is None:
             with contextlib.suppress(Conflict):
-                await self.store.create(name, fresh, member=True)
+                await self.store.create(name, fresh)
         else:
             with contextlib.suppress(Conflict):
                 await self.store.update(name, dataclasses.replace(fresh, version=record.version))
@@ -274,7 +274,7 @@ class Elector:
             record = await self.store.get(name)
             if record is None:
                 fresh = LeaseRecord(holder=self.identity, lease_duration=self.settings.lease_duration, renewed=wall)
-                taken = await self.store.create(name, fresh, member=False)
+                taken = await self.store.create(name, fresh)
             elif record.holder and record.holder != self.identity and not self._expired(name, record):
                 return
             else:

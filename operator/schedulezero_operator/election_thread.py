@@ -38,7 +38,7 @@ class NotConnected:
     async def get(self, name: str) -> election.LeaseRecord | None:
         raise RuntimeError("the election's Lease store is not connected yet")
 
-    async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
+    async def create(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
         raise RuntimeError("the election's Lease store is not connected yet")
 
     async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:

@@ -48,9 +48,17 @@ class Listing:
 
     async def wait(self, listed: Callable[[], Awaitable[set[ScheduleKey]]]) -> set[ScheduleKey]:
         """Lists the Schedules, then waits until each has been seen or nothing new shows for ``stall``
-        seconds; returns those never seen (none, normally)."""
+        seconds; returns those never seen (none, normally).
+
+        A list that fails (any error) waits for nothing: joining at once only risks a slow takeover, while
+        an operator that never joined would fire nothing."""
         started = time.monotonic()
-        expected = await listed()
+        try:
+            expected = await listed()
+        except Exception as error:
+            reason = getattr(error, "reason", None) or error
+            log.warning("could not list the Schedules (%s); joining the election without waiting for them", reason)
+            expected = set()
         missing = expected - self._seen
         progress, last = len(missing), time.monotonic()
         while missing and time.monotonic() - last < self.settings.stall:

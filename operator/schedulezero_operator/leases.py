@@ -29,7 +29,7 @@ class KubeLeases(kubeapi.ElectionStore):
             raise
         return _record(lease)
 
-    async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
+    async def create(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
         try:
             return _record(
                 await self._api.create_namespaced_lease(

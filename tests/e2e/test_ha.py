@@ -14,11 +14,9 @@ import json
 import pathlib
 import re
 import signal
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import yaml
@@ -86,13 +84,6 @@ def acquisitions(replica: Operator) -> list[tuple[float, int]]:
     return found
 
 
-def executions(handler: processes.HandlerProcess, namespace: str) -> collections.Counter[tuple[str, str]]:
-    """How often each (Schedule, nominal time) was executed at the handler."""
-    command = [processes.SCHEDULEZERO, "call", handler.endpoint, "ticks_seen", "--timeout", "30"]
-    ticks: list[dict[str, Any]] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-    return collections.Counter((t["schedule"], t["scheduled"]) for t in ticks if t["schedule"].startswith(namespace))
-
-
 def proxied_kubeconfig(kubeconfig: pathlib.Path, tunnel: proxy.Proxy, path: pathlib.Path) -> pathlib.Path:
     config = yaml.safe_load(kubeconfig.read_text())
     server = urllib.parse.urlsplit(config["clusters"][0]["cluster"]["server"])
@@ -108,7 +99,8 @@ def server_address(kubeconfig: pathlib.Path) -> tuple[str, int]:
     return server.hostname, server.port
 
 
-def schedules(count: int) -> str:
+def schedules(count: int, *, every: str = "1s") -> str:
+    """``count`` Schedules ``@every`` ``every``, as one kubectl List."""
     documents = [
         {
             "apiVersion": "schedulezero.io/v1alpha1",
@@ -117,14 +109,14 @@ def schedules(count: int) -> str:
             "spec": {
                 "handler": "probe",
                 "method": "tick",
-                "schedule": "@every 1s",
+                "schedule": f"@every {every}",
                 "catchUpPolicy": "All",
                 "concurrencyPolicy": "Allow",
             },
         }
         for i in range(count)
     ]
-    return "\n---\n".join(json.dumps(d) for d in documents)
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
 
 
 def handler(endpoint: str) -> str:
@@ -159,7 +151,7 @@ def test_replicas_share_the_shards_and_each_run_happens_once(
     finally:
         for replica in replicas.all:
             assert replica.stop() == 0, replica.output()[-3000:]
-    counts = executions(probe_handler, namespace)
+    counts = processes.executions(probe_handler.endpoint, prefix=f"{namespace}/")
     assert counts
     assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:10]
     assert len({schedule for schedule, _ in counts}) == 20
@@ -182,11 +174,8 @@ def test_a_replica_takes_shards_only_once_it_has_seen_every_schedule(
     count = 800
     try:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=handler(probe_handler.endpoint))
-        documents = json.loads("[" + schedules(count).replace("\n---\n", ",") + "]")
-        for document in documents:
-            document["spec"]["schedule"] = "@every 1h"  # the test is about who holds what, not about runs
-        cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": documents}))  # fmt: skip
+        # Hourly: the test is about who holds what, not about runs.
+        cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=schedules(count, every="1h"))
         first, second = replicas.start(), replicas.start()
 
         def shared() -> bool:  # the first to join takes every shard, then gives half to the second
@@ -278,7 +267,7 @@ def test_every_run_happens_once_through_kills_pauses_partitions_and_a_rolling_re
         replicas.stop_all()
         tunnel.close()
     print("\n".join(failovers))
-    counts = executions(probe_handler, namespace)
+    counts = processes.executions(probe_handler.endpoint, prefix=f"{namespace}/")
     window = [
         (schedule, nominal) for schedule, nominal in counts if start <= datetime.datetime.fromisoformat(nominal) <= end
     ]

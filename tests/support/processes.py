@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -86,6 +88,15 @@ def running_handler(
         yield process
     finally:
         process.kill()
+
+
+def executions(endpoint: str, *, prefix: str = "") -> collections.Counter[tuple[str, str]]:
+    """How often a ProbeHandler executed each (Schedule, nominal time) of the Schedules named ``prefix...``.
+
+    Asked through ``schedulezero call``, a process of its own, so that sync callers need no event loop."""
+    command = [SCHEDULEZERO, "call", endpoint, "ticks_seen", "--timeout", "60"]
+    ticks = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    return collections.Counter((t["schedule"], t["scheduled"]) for t in ticks if t["schedule"].startswith(prefix))
 
 
 def curve_handler_args(directory: pathlib.Path, *clients: str, stranger: bool = False) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ class MemoryLeases:
         self._check()
         return self.leases.get(name)
 
-    async def create(self, name: str, record: election.LeaseRecord, *, member: bool) -> election.LeaseRecord:
+    async def create(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
         self._check()
         if name in self.leases:
             raise election.Conflict(name)
