@@ -9,12 +9,13 @@ however many Schedules there are. A new owner starts from the newer of a
 Schedule's status and its checkpoint, and re-sends the runs in flight under
 the same run ids, which a handler answers from its reply cache.
 
-Size: an entry is about 57 bytes (a uid and a millisecond timestamp), about
-100 with a run in flight, so one checkpoint stays under the API server's 1 MiB
-object limit up to about 9,000 Schedules per shard that all have a run in
-flight (10,000 such Schedules take 1.03 MB). A
-checkpoint that would exceed ``MAX_SIZE`` is not written, and says so loudly
-(an ERROR log line, once per shard until it fits again): use more shards.
+Size: an entry is 55 bytes (a uid and a millisecond timestamp), 71 with a
+run in flight and 14 more for each further run in flight (only
+``concurrencyPolicy: Allow`` has several). 10,000 Schedules that all have a
+run in flight take 710 KB, and one checkpoint (``MAX_SIZE``, below the API
+server's 1 MiB object limit) holds just under 13,000 of them. A checkpoint
+that would exceed ``MAX_SIZE`` is not written, and says so loudly (an ERROR
+log line, once per shard until it fits again): use more shards.
 """
 
 from __future__ import annotations
