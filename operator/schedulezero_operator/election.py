@@ -18,6 +18,19 @@ The rules are client-go's ``leaderelection``:
   deadline, which is shorter than the lease duration that others wait before
   taking over. A replica that was paused, partitioned or slow fires nothing
   of a shard it may have lost, before anyone else can have taken it.
+
+Leases are inputs others can write, so both sides check them:
+
+- A holder renews only the Lease as it left it: if its renew finds the Lease
+  deleted, naming another holder, or at another resourceVersion than its own
+  last write (someone edited it), it drops the shard at once, fenced, rather
+  than at its next renew deadline.
+- A taker treats a Lease that is missing, or that names a holder (even this
+  replica) it did not write itself, as held: it takes it only once it has not
+  changed for a lease duration on its own clock, by when any holder's renew
+  deadline has passed. A missing Lease this replica never saw is judged from
+  when it first found it missing, unless no other replica is alive. Only a
+  Lease its holder released (no holder) is taken at once.
 """
 
 from __future__ import annotations
@@ -133,6 +146,8 @@ class Elector:
         operator acts for a shard only once it has caught up on this very acquisition."""
         self.live_members = 1
         self._seen: dict[str, _Seen] = {}
+        self._written: dict[int, str] = {}
+        """Per shard held, the resourceVersion of this replica's own last write of its Lease."""
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -253,18 +268,26 @@ class Elector:
         started = self.clock()
         try:
             record = await self.store.get(name)
-            if record is None or record.holder != self.identity:
-                self._drop(shard, "another replica holds its Lease")
+            if record is None:
+                self._drop(shard, "its Lease was deleted")
+                return
+            if record.holder != self.identity:
+                self._drop(shard, f"its Lease names {record.holder or 'no holder'}")
+                return
+            if record.version != self._written.get(shard):
+                self._drop(shard, "its Lease was changed by someone else")
                 return
             renewed = await self.store.update(name, dataclasses.replace(record, renewed=self._wall()))
-        except Conflict:
-            return  # retried next round; ownership fades at the renew deadline if this keeps up
+        except Conflict:  # written by someone else between the read and the write
+            self._drop(shard, "its Lease was changed by someone else")
+            return
         except Exception as error:
             log.warning("shard %d: renew failed: %s", shard, error)
-            return
+            return  # retried next round; ownership fades at the renew deadline if this keeps up
         self._seen[name] = _Seen(renewed.version, self.clock())
         if shard in self.renewed:
             self.renewed[shard] = started
+            self._written[shard] = renewed.version
 
     async def _try_acquire(self, shard: int) -> None:
         name = self._shard_name(shard)
@@ -273,10 +296,12 @@ class Elector:
         try:
             record = await self.store.get(name)
             if record is None:
+                if self._maybe_held(name):
+                    return
                 fresh = LeaseRecord(holder=self.identity, lease_duration=self.settings.lease_duration, renewed=wall)
                 taken = await self.store.create(name, fresh)
-            elif record.holder and record.holder != self.identity and not self._expired(name, record):
-                return
+            elif record.holder and not self._as_left(shard, record) and not self._expired(name, record):
+                return  # held, by another or under this replica's name by someone else's write: wait for expiry
             else:
                 taken = await self.store.update(
                     name,
@@ -294,12 +319,28 @@ class Elector:
             log.warning("shard %d: acquiring failed: %s", shard, error)
             return
         self._seen[name] = _Seen(taken.version, self.clock())
+        self._written[shard] = taken.version
         self.transitions += 1
         self.generation[shard] = self.transitions  # before the shard shows as held, for another thread
         self.renewed[shard] = started
         log.info("shard %d acquired (holding %s)", shard, sorted(self.renewed))
         if self.on_acquired is not None:
             self.on_acquired(shard)
+
+    def _as_left(self, shard: int, record: LeaseRecord) -> bool:
+        """Whether the Lease is just as this replica last wrote it, holding it: nobody else acted on it since."""
+        return record.holder == self.identity and record.version == self._written.get(shard)
+
+    def _maybe_held(self, name: str) -> bool:
+        """Whether a missing shard Lease may still have a holder acting on it: someone deleted it less than a
+        lease duration after it last changed, or this replica cannot tell and another replica is alive."""
+        seen = self._seen.get(name)
+        if seen is None:
+            if self.live_members <= 1:
+                return False
+            seen = self._seen[name] = _Seen("", self.clock())
+            log.info("%s is missing: taken if still missing in %.0f s", name, self.settings.lease_duration)
+        return self.clock() - seen.at <= self.settings.lease_duration
 
     async def _release(self, shard: int) -> None:
         """Gives a shard up: an empty holder, so that another replica takes it at its next round."""

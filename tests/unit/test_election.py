@@ -6,6 +6,7 @@ The same Elector runs against the real API server in tests/e2e/test_ha.py."""
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import os
 import subprocess
@@ -268,3 +269,83 @@ async def test_a_dead_holders_shards_are_taken_a_lease_duration_after_its_last_r
         await rounds([b], clock, 1)
         assert clock.now - died < 3 * SETTINGS.lease_duration, "never taken over"
     assert clock.now - died <= SETTINGS.lease_duration + 2 * SETTINGS.retry_period
+
+
+async def step_until(
+    replicas: list[Replica], clock: Clock, done: collections.abc.Callable[[], bool], *, limit: float = 60.0
+) -> float:
+    """Moves the clock in half seconds, a round for every replica every retry period, checking at every step
+    that no shard is owned by two replicas at once; returns the time ``done()`` first held."""
+    started = clock.now
+    while clock.now - started < limit:
+        clock.now += 0.5
+        if int(clock.now * 2) % 4 == 0:
+            for replica in replicas:
+                await replica.round()
+        owned = [s for r in replicas for s in range(SETTINGS.shards) if r.elector.owns_shard(s)]
+        assert len(owned) == len(set(owned)), f"a shard owned twice at {clock.now - started} s: {holders(replicas)}"
+        if done():
+            return clock.now - started
+    raise AssertionError(f"not done within {limit} s: {holders(replicas)}")
+
+
+async def test_a_deleted_lease_fences_its_holder_at_once_and_is_taken_only_a_lease_duration_later(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """An admin deleting a shard Lease: its holder cannot prove it still holds it, so it stops at its next
+    renew; the others cannot know it stopped, so they wait out the lease duration before taking it."""
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a, b], clock, 4)
+    shard = a.elector.held()[0]
+    del store.leases[f"schedulezero-shard-{shard}"]
+    await a.round()
+    assert shard not in a.elector.held()  # at once, not at its renew deadline
+    seconds = await step_until([a, b], clock, lambda: any(r.elector.owns_shard(shard) for r in (a, b)))
+    assert seconds >= SETTINGS.lease_duration - SETTINGS.retry_period
+
+
+async def three(store: MemoryLeases, clock: Clock) -> tuple[Replica, Replica, Replica]:
+    """Three replicas on four shards: two hold two each, the third is idle, ready to take any shard."""
+    replicas = Replica(store, clock, "a"), Replica(store, clock, "b"), Replica(store, clock, "c")
+    await rounds(list(replicas), clock, 4)
+    assert sorted(len(r.elector.held()) for r in replicas) == [0, 2, 2]
+    return replicas
+
+
+async def test_a_cut_off_holders_deleted_lease_is_taken_only_once_the_holder_is_fenced(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    replicas = await three(store, clock)
+    holder = next(r for r in replicas if r.elector.held())
+    idle = next(r for r in replicas if not r.elector.held())
+    shard = holder.elector.held()[0]
+    store.down.add(holder.elector.identity)
+    del store.leases[f"schedulezero-shard-{shard}"]
+    await step_until(list(replicas), clock, lambda: shard in idle.elector.held())  # asserts no overlap on the way
+
+
+async def test_a_lease_naming_another_holder_is_not_taken_by_it_at_once(store: MemoryLeases, clock: Clock) -> None:
+    """Naming the idle replica as the holder of another's shard: the holder drops it at its next renew, and
+    the one named, which did not write that, treats it as held by someone else, not as its own."""
+    replicas = await three(store, clock)
+    holder = next(r for r in replicas if r.elector.held())
+    idle = next(r for r in replicas if not r.elector.held())
+    shard = holder.elector.held()[0]
+    name = f"schedulezero-shard-{shard}"
+    store.leases[name] = store._stored(dataclasses.replace(store.leases[name], holder=idle.elector.identity))
+    await idle.round()
+    assert shard not in idle.elector.held()
+    await holder.round()
+    assert shard not in holder.elector.held()
+    seconds = await step_until(list(replicas), clock, lambda: any(r.elector.owns_shard(shard) for r in replicas))
+    assert seconds >= SETTINGS.lease_duration - SETTINGS.retry_period
+
+
+async def test_a_lease_edited_under_its_holder_fences_the_holder_at_once(store: MemoryLeases, clock: Clock) -> None:
+    a = Replica(store, clock, "a")
+    await rounds([a], clock, 1)
+    name = "schedulezero-shard-0"
+    store.leases[name] = store._stored(store.leases[name])  # same holder, another writer (a label, say)
+    await a.round()
+    assert 0 not in a.elector.held()
+    assert ("lost", 0) in a.events
