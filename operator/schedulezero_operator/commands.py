@@ -18,7 +18,7 @@ import tempfile
 
 from schedulezero_handler.cli import Subparsers
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import election, local
+from schedulezero_operator import demo, election, local
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.metrics import OperatorMetrics
 
@@ -32,7 +32,11 @@ def register(subparsers: Subparsers) -> None:
         description="Run the scheduling engine on the Schedule and Handler YAML of a directory, without a cluster.",
     )
     run.add_argument("--local", type=pathlib.Path, required=True, metavar="DIR", help="directory of YAML files")
-    run.add_argument("--state", type=pathlib.Path, help=f"state file (default DIR/{local.STATE_FILE})")
+    run.add_argument(
+        "--state",
+        type=pathlib.Path,
+        help="state file (default: one per DIR, under $XDG_STATE_HOME, else ~/.local/state, in schedulezero/local/)",
+    )
     _common(run)
     run.set_defaults(func=_run_local)
 
@@ -61,7 +65,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _serve(mode: local.LocalMode, metrics: OperatorMetrics, metrics_port: int) -> int:
+def _serve(mode: local.LocalMode, metrics: OperatorMetrics, metrics_port: int, *, keeps_state: bool = True) -> int:
     if metrics_port:
         try:
             metrics.serve(port=metrics_port)
@@ -78,7 +82,10 @@ def _serve(mode: local.LocalMode, metrics: OperatorMetrics, metrics_port: int) -
         await mode.run(stop)
 
     asyncio.run(main())
-    mode.terminal.say("stopped; status saved in " + str(mode.state.path))
+    if keeps_state:
+        mode.terminal.say("stopped; status saved in " + str(mode.state.path))
+    else:
+        mode.terminal.say("stopped; the demo keeps no status, so the next one starts afresh")
     return 0
 
 
@@ -118,48 +125,38 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"scrape_interval: 5\nhandlers:\n  - {{name: default/example, endpoint: '{DEMO_HANDLER}'}}\n"
         )
         quiet = ["--log-level", "WARNING"]
-        children = [
-            subprocess.Popen(
-                [
-                    sys.argv[0],
-                    "handler",
-                    "example_handler:ExampleHandler",
-                    "--bind",
-                    DEMO_HANDLER,
-                    "--app-dir",
-                    str(args.handlers),
-                    "--idle-timeout",
-                    "20",
-                    *quiet,
-                ]
-            ),
-            subprocess.Popen(
-                [
-                    sys.argv[0],
-                    "conductor",
-                    "--bind",
-                    DEMO_CONDUCTOR,
-                    "--config",
-                    str(conductor_config),
-                    "--metrics-port",
-                    str(DEMO_CONDUCTOR_METRICS),
-                    *quiet,
-                ]
-            ),
-        ]
+        logs = demo.log_directory()
+        mode = _local_mode(args.dir, pathlib.Path(state_dir) / "state.json", args)
+        say = mode.terminal.say
+        commands = {
+            "handler": [
+                sys.argv[0], "handler", "example_handler:ExampleHandler", "--bind", DEMO_HANDLER,
+                "--app-dir", str(args.handlers), "--idle-timeout", "20", *quiet,
+            ],
+            "conductor": [
+                sys.argv[0], "conductor", "--bind", DEMO_CONDUCTOR, "--config", str(conductor_config),
+                "--metrics-port", str(DEMO_CONDUCTOR_METRICS), *quiet,
+            ],
+        }  # fmt: skip
+        children = []
+        for name, command in commands.items():
+            output = demo.ChildOutput(name, demo.fresh_log(logs, name), say)
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert child.stdout is not None
+            children.append((child, output.pump(child.stdout)))
         try:
-            mode = _local_mode(args.dir, pathlib.Path(state_dir) / "state.json", args)
-            say = mode.terminal.say
             say(f"demo: example handler on {DEMO_HANDLER}, conductor on {DEMO_CONDUCTOR}, Schedules from {args.dir}")
             say(f"handler metrics (from the conductor) at http://127.0.0.1:{DEMO_CONDUCTOR_METRICS}/metrics")
-            say(f"try: schedulezero call {DEMO_CONDUCTOR} collect_metrics")
-            return _serve(mode, mode.engine.metrics, args.metrics_port)
+            say(f"their logs, with whole tracebacks, in {logs}")
+            say(f"try: {demo.command()} call {DEMO_CONDUCTOR} collect_metrics")
+            return _serve(mode, mode.engine.metrics, args.metrics_port, keeps_state=False)
         finally:
-            for child in children:
+            for child, _ in children:
                 child.terminate()
-            for child in children:
+            for child, pump in children:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(10)
+                pump.join(5)
 
 
 def register_kubernetes(subparsers: Subparsers) -> None:

@@ -2,6 +2,9 @@
 
 Status lives in a state file, written the way the operator writes status, so
 a restart resumes from it and catches up exactly as it would in a cluster.
+The state file is kept outside the directory, in the user's state directory
+and keyed by the directory's absolute path: the directory holds only the files
+you would ``kubectl apply``, and applying it stays possible.
 The directory is re-read when it changes; a file that becomes invalid is
 reported and the Schedules from other files keep running.
 """
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
 import uuid
 from typing import Any, TextIO
@@ -28,7 +32,27 @@ from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = ".schedulezero-state.json"
+# Where the state file used to be, inside the directory; moved out on first start.
+OLD_STATE_FILE = ".schedulezero-state.json"
+
+
+def state_home() -> pathlib.Path:
+    """$XDG_STATE_HOME, else ~/.local/state, as the XDG Base Directory specification has it.
+
+    A relative $XDG_STATE_HOME is ignored, as the specification says, rather than
+    resolved against whatever directory local mode happens to start in.
+    """
+    configured = os.environ.get("XDG_STATE_HOME", "")
+    if configured and os.path.isabs(configured):
+        return pathlib.Path(configured)
+    return pathlib.Path.home() / ".local" / "state"
+
+
+def default_state_path(directory: pathlib.Path) -> pathlib.Path:
+    """The state file of ``directory``: one per absolute path, named so that a person can tell which is which."""
+    absolute = directory.resolve()
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:16]
+    return state_home() / "schedulezero" / "local" / f"{absolute.name or 'root'}-{digest}.json"
 
 
 class StateFile:
@@ -84,6 +108,7 @@ class StateFile:
         if not self._dirty:
             return
         self._dirty = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         temporary.write_text(json.dumps({"version": 1, "schedules": self.schedules}, indent=1, sort_keys=True))
         os.replace(temporary, self.path)
@@ -134,6 +159,15 @@ def _fingerprint(directory: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+def _move_old_state(old: pathlib.Path, new: pathlib.Path, terminal: Terminal) -> None:
+    """A directory run before the state moved out keeps its history, and becomes appliable again."""
+    if not old.is_file() or new.exists():
+        return
+    new.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(old, new)
+    terminal.say(f"moved the state file {old} out of the directory, to {new}")
+
+
 class LocalMode:
     """Feeds the engine from a directory and keeps it in step with the directory's changes."""
 
@@ -148,8 +182,11 @@ class LocalMode:
         probe_interval: float = 30.0,
     ) -> None:
         self.directory = directory
-        self.state = StateFile(state_path or directory / STATE_FILE)
         self.terminal = terminal or Terminal()
+        if state_path is None:
+            state_path = default_state_path(directory)
+            _move_old_state(directory / OLD_STATE_FILE, state_path, self.terminal)
+        self.state = StateFile(state_path)
         self.client = client_.Client()
         self.engine = engine_.Engine(
             client=self.client,
