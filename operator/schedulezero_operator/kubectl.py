@@ -39,6 +39,8 @@ class Session:
     custom: Any
     namespace: str
     all_namespaces: bool
+    core: Any = None
+    """CoreV1Api, to tell a missing namespace from a missing object."""
 
     def where(self, name: str) -> str:
         return f"{self.namespace}/{name}"
@@ -49,7 +51,7 @@ class Session:
                 GROUP, VERSION, self.namespace, plural, name
             )
         except ApiException as error:
-            raise _failed(error, plural, self.where(name)) from None
+            raise await self._failed(error, plural, name) from None
         return found
 
     async def patch(self, plural: str, name: str, patch: dict[str, Any]) -> None:
@@ -58,14 +60,29 @@ class Session:
                 GROUP, VERSION, self.namespace, plural, name, patch, _content_type=kubeapi.MERGE_PATCH
             )
         except ApiException as error:
-            raise _failed(error, plural, self.where(name)) from None
+            raise await self._failed(error, plural, name) from None
 
+    async def namespace_missing(self) -> bool:
+        """Whether the namespace is known not to exist; False also when this user may not read namespaces.
 
-def _failed(error: ApiException, plural: str, where: str) -> PluginError:
-    kind = "Schedule" if plural == "schedules" else "Handler"
-    if error.status == 404:
-        return PluginError(f"{kind} {where} not found")
-    return PluginError(f"{kind} {where}: {error.status} {error.reason}")
+        The API server answers a list in a namespace that does not exist with an empty list, and a get
+        with the object's 404, so a mistyped ``-n`` would otherwise read as "nothing there".
+        """
+        if self.core is None:
+            return False
+        try:
+            await self.core.read_namespace(self.namespace)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    async def _failed(self, error: ApiException, plural: str, name: str) -> PluginError:
+        kind = "Schedule" if plural == "schedules" else "Handler"
+        if error.status == 404:
+            if await self.namespace_missing():
+                return PluginError(f'namespace "{self.namespace}" not found')
+            return PluginError(f"{kind} {self.where(name)} not found")
+        return PluginError(f"{kind} {self.where(name)}: {error.status} {error.reason}")
 
 
 async def _session(args: argparse.Namespace) -> tuple[Session, k8s.ApiClient]:
@@ -79,7 +96,7 @@ async def _session(args: argparse.Namespace) -> tuple[Session, k8s.ApiClient]:
     api_client = k8s.ApiClient(configuration)
     namespace = args.namespace or _context_namespace(args.kubeconfig, args.context)
     everywhere = bool(getattr(args, "all_namespaces", False))
-    return Session(k8s.CustomObjectsApi(api_client), namespace, everywhere), api_client
+    return Session(k8s.CustomObjectsApi(api_client), namespace, everywhere, k8s.CoreV1Api(api_client)), api_client
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
@@ -103,8 +120,14 @@ async def run_now(session: Session, args: argparse.Namespace) -> str:
 
 
 async def suspend(session: Session, args: argparse.Namespace) -> str:
-    await session.patch("schedules", args.name, {"spec": {"suspend": args.verb == "suspend"}})
-    return f"schedule.schedulezero.io/{args.name} in {session.namespace}: {args.verb}d"
+    """Suspend or resume; a Schedule already so is left alone and said ``unchanged``, as kubectl says it."""
+    wanted = args.verb == "suspend"
+    schedule = await session.get("schedules", args.name)
+    where = f"schedule.schedulezero.io/{args.name} in {session.namespace}"
+    if bool((schedule.get("spec") or {}).get("suspend")) == wanted:
+        return f"{where} unchanged ({'already suspended' if wanted else 'not suspended'})"
+    await session.patch("schedules", args.name, {"spec": {"suspend": wanted}})
+    return f"{where}: {'suspended' if wanted else 'resumed'}"
 
 
 async def backfill(session: Session, args: argparse.Namespace) -> str:
@@ -153,8 +176,12 @@ async def runs(session: Session, args: argparse.Namespace) -> str:
     headers = ["SCHEDULE", "SCHEDULED", "OUTCOME", "ATTEMPTS", "DURATION", "TRIGGER", "RESULT / ERROR"]
     if args.name:
         headers, rows = headers[1:], [row[1:] for row in rows]
+    if not schedules:
+        if not session.all_namespaces and await session.namespace_missing():
+            raise PluginError(f'namespace "{session.namespace}" not found')
+        return "No Schedules found" + ("" if session.all_namespaces else f" in namespace {session.namespace}")
     if not rows:
-        return "no runs recorded"
+        return "no runs recorded yet" + (f" for {session.where(args.name)}" if args.name else "")
     return _table(headers, rows)
 
 
@@ -203,8 +230,10 @@ async def describe_handler(session: Session, args: argparse.Namespace) -> str:
 
 
 def _param(param: dict[str, Any]) -> str:
+    """``name: type``; ``(optional)`` for one with a default (the handler reports that it has one, not which)."""
     name = f"**{param['name']}" if param.get("variadic") else str(param["name"])
-    return f"{name}: {param.get('type', 'Any')}" + ("" if param.get("required") or param.get("variadic") else " = …")
+    optional = not param.get("required") and not param.get("variadic")
+    return f"{name}: {param.get('type', 'Any')}" + (" (optional)" if optional else "")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -220,11 +249,42 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 Verb = Callable[[Session, argparse.Namespace], Awaitable[str]]
 
 
+DESCRIPTION = """\
+Run, suspend, resume and backfill ScheduleZero Schedules, and read their runs
+and Handlers. Each verb writes what kubectl can write too: an annotation the
+operator acts on, or spec.suspend."""
+
+EXAMPLES = """\
+examples:
+  # one run now, whatever the schedule
+  kubectl schedulezero run-now greeting
+
+  # stop a Schedule's runs, and go on from its next time
+  kubectl schedulezero suspend greeting
+  kubectl schedulezero resume greeting
+
+  # run every time of a past range again, each under its own run id
+  kubectl schedulezero backfill nightly --from 2026-11-01T00:00:00Z --to 2026-11-07T23:59:59Z
+
+  # the run history of one Schedule, of a namespace, of every namespace
+  kubectl schedulezero runs greeting
+  kubectl schedulezero runs -n reports
+  kubectl schedulezero runs -A
+
+  # a Handler's replicas, state, methods and their parameters
+  kubectl schedulezero describe-handler example
+
+Every verb takes -n NAMESPACE, --context and --kubeconfig, as kubectl does.
+"kubectl schedulezero VERB --help" says more about each."""
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="kubectl schedulezero",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        usage="kubectl schedulezero VERB [NAME] [-n NAMESPACE] [options]",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-n", "--namespace", help="namespace (default: the context's, else default)")
