@@ -84,6 +84,24 @@ requests_ = st.lists(
 )
 
 
+def _assert_served_in_order(requests: list[Request]) -> None:
+    """By priority, then in order of arrival: what keeps a status backlog from starving anyone.
+
+    Within a priority no request is served before one that arrived earlier (ties
+    in the order they were made), and no status write is served while an
+    election request that arrived before it was granted still waits.
+    """
+    made = sorted(range(len(requests)), key=lambda i: requests[i].arrival)  # as _simulate makes them
+    for priority in Priority:
+        grants = [requests[i].granted or 0.0 for i in made if requests[i].priority is priority]
+        assert grants == sorted(grants), f"{priority.name} served out of arrival order"
+    elections = [r for r in requests if r.priority is Priority.ELECTION]
+    for status in (r for r in requests if r.priority is Priority.STATUS):
+        for election in elections:
+            if election.arrival < (status.granted or 0.0):
+                assert (election.granted or 0.0) <= (status.granted or 0.0), "a status write went first"
+
+
 @settings(max_examples=300, deadline=None)
 @given(qps=st.sampled_from([1.0, 5.0, 20.0, 50.0]), burst=st.integers(1, 40), requests=requests_)
 def test_no_window_sees_more_than_qps_times_its_length_plus_burst(
@@ -92,6 +110,7 @@ def test_no_window_sees_more_than_qps_times_its_length_plus_burst(
     asyncio.run(_simulate(qps, burst, requests))
     granted = sorted(r.granted for r in requests if r.granted is not None)
     assert len(granted) == len(requests)  # every request is served in the end
+    _assert_served_in_order(requests)
     for first, second in itertools.combinations(range(len(granted)), 2):
         in_window = second - first + 1
         assert in_window <= qps * (granted[second] - granted[first]) + burst + 1e-6
@@ -112,6 +131,11 @@ def test_an_election_request_waits_only_for_tokens_not_for_the_status_backlog(
         assert request.granted - request.arrival <= (ahead + 1) / qps + 0.002  # the dispatcher naps ≥ 1 ms
     if elections:  # and the backlog did wait for them
         assert max(r.granted or 0.0 for r in backlog) > max(r.granted or 0.0 for r in elections)
+    # With or without election requests: the backlog in its order, then later status writes, paced.
+    _assert_served_in_order(backlog + requests)
+    later = [r for r in requests if r.priority is Priority.STATUS and r.arrival > 0]
+    assert all((r.granted or 0.0) >= max(b.granted or 0.0 for b in backlog) for r in later)
+    assert max(b.granted or 0.0 for b in backlog) >= (len(backlog) - burst) / qps - 1e-6
 
 
 async def test_a_request_cancelled_while_waiting_costs_no_token() -> None:
