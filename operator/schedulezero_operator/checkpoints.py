@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from schedulezero_operator import election, engine, kubeapi
+from schedulezero_operator import election, engine, inputs, kubeapi
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -52,18 +52,38 @@ def encode(progress: dict[str, engine.Progress]) -> str:
 
 def decode(text: str | None) -> dict[str, engine.Progress]:
     """The Progress a checkpoint holds; an unreadable one holds nothing (status still does)."""
+    return read_entries(text)[0]
+
+
+def read_entries(text: str | None) -> tuple[dict[str, engine.Progress], int]:
+    """The Progress a checkpoint holds, entry by entry, and how many entries were unreadable.
+
+    A checkpoint is an input anyone with access to ConfigMaps can edit: one
+    unreadable entry costs only that entry, not the shard's whole checkpoint,
+    and one entry holds at most ``inputs.MAX_IN_FLIGHT`` runs in flight.
+    """
     try:
         entries = json.loads(text or "{}").get("schedules", {})
-        return {
-            uid: engine.Progress(
-                None if entry[0] is None else _time(entry[0]),
-                tuple(_time(t) for t in (entry[1] if len(entry) > 1 else [])),
-            )
-            for uid, entry in entries.items()
-        }
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        items = list(entries.items())
+    except (ValueError, TypeError, AttributeError, RecursionError):
         log.warning("unreadable checkpoint ignored")
-        return {}
+        return {}, 1
+    progress: dict[str, engine.Progress] = {}
+    unreadable = 0
+    for uid, entry in items:
+        try:
+            if not isinstance(entry, list) or not entry or len(entry) > 2:
+                raise TypeError("entry")
+            flights = entry[1] if len(entry) > 1 else []
+            if not isinstance(flights, list):
+                raise TypeError("in flight")
+            last = None if entry[0] is None else _time(entry[0])
+            in_flight = [_time(t) for t in flights[-2 * inputs.MAX_IN_FLIGHT :]]
+        except (ValueError, TypeError, OverflowError, OSError):
+            unreadable += 1
+            continue
+        progress[uid] = engine.Progress(last, tuple(sorted(set(in_flight))))
+    return progress, unreadable
 
 
 def merge(*sources: dict[str, engine.Progress]) -> dict[str, engine.Progress]:
@@ -82,14 +102,37 @@ def merge(*sources: dict[str, engine.Progress]) -> dict[str, engine.Progress]:
     return merged
 
 
+def _brief(error: Exception) -> str:
+    """An error in one line: an ApiException's own text spans its headers and body, a line each."""
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
 def _ms(moment: datetime.datetime | None) -> int | None:
     return None if moment is None else round(moment.timestamp() * 1000)
 
 
 def _time(ms: Any) -> datetime.datetime:
-    if not isinstance(ms, int):
+    if not isinstance(ms, int) or isinstance(ms, bool):
         raise TypeError("timestamp")
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+
+
+def believed(
+    loaded: dict[str, engine.Progress], own: dict[str, engine.Progress], *, now: datetime.datetime
+) -> dict[str, engine.Progress]:
+    """Of a checkpoint read back, what may be written again: entries of the shard's own Schedules (in
+    ``own``, by uid) only, with no time beyond now plus ``inputs.SKEW`` and at most ``inputs.MAX_IN_FLIGHT``
+    runs in flight. Anything else, however much of it someone put there, is not carried on."""
+    limit = now + inputs.SKEW
+    kept = {}
+    for uid, progress in loaded.items():
+        if uid not in own:
+            continue
+        last = progress.last_scheduled if progress.last_scheduled is None or progress.last_scheduled <= limit else None
+        kept[uid] = engine.Progress(last, tuple(inputs.bounded_times(progress.in_flight, limit=limit)[0]))
+    return kept
 
 
 class CheckpointStore(Protocol):
@@ -146,11 +189,25 @@ class Checkpointer:
         return sorted(self._members.get(shard, ()))
 
     async def load(self, shard: int) -> dict[str, engine.Progress]:
-        """The shard's checkpoint, read when the shard is acquired."""
+        """The shard's checkpoint, read when the shard is acquired.
+
+        The new owner writes it back at once, from what it believes (see
+        ``_write``): a checkpoint someone damaged, made oversized or deleted is
+        the owner's own again within a second of the takeover.
+        """
         content, version = await self._store.read(shard)
         self._versions[shard] = version
-        self._loaded[shard] = decode(content)
+        self._loaded[shard], unreadable = read_entries(content)
+        if unreadable:
+            log.warning("checkpoint of shard %d: %d unreadable entries dropped", shard, unreadable)
+        self._dirty.add(shard)
         return self._loaded[shard]
+
+    def adopted(self, shard: int) -> None:
+        """The engine has taken the shard's Schedules over from the loaded checkpoint, checking every entry:
+        from now on the engine's own progress is the shard's, and nothing read is written back unchecked."""
+        self._loaded.pop(shard, None)
+        self._dirty.add(shard)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -175,7 +232,7 @@ class Checkpointer:
             try:
                 await self._write(shard)
             except Exception as error:
-                log.warning("checkpoint of shard %d not written (%s); retrying", shard, error)
+                log.warning("checkpoint of shard %d not written (%s); retrying", shard, _brief(error))
                 self._dirty.add(shard)
 
     async def _write(self, shard: int) -> None:
@@ -184,7 +241,7 @@ class Checkpointer:
             entry = self._progress(key)
             if entry is not None:
                 progress[entry[0]] = entry[1]
-        content = encode(merge(self._loaded.get(shard, {}), progress))
+        content = encode(merge(believed(self._loaded.get(shard, {}), progress, now=engine.utcnow()), progress))
         if len(content) > MAX_SIZE:
             if shard not in self.oversized:
                 log.error(
@@ -252,5 +309,8 @@ class KubeCheckpoints(kubeapi.ElectionStore):
         except ApiException as error:
             if error.status == 409:
                 raise election.Conflict(name) from None
+            if error.status == 404 and version:  # deleted by someone: the owner's checkpoint, so made again
+                log.warning("checkpoint %s was deleted; writing it again", name)
+                return await self.write(shard, content, "")
             raise
         return str(written.metadata.resource_version)

@@ -414,6 +414,7 @@ async def _take_over(runtime: Runtime, shard: int, generation: int) -> None:
     runtime.taken[shard] = generation
     keys = runtime.checkpointer.keys(shard)
     await runtime.engine.take_over(keys, progress)
+    runtime.checkpointer.adopted(shard)
     log.info("shard %d: took over %d Schedules (holding %s)", shard, len(keys), runtime.elector.held())
 
 

@@ -34,7 +34,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from schedulezero_handler import client as client_
 from schedulezero_handler import routing
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import runs, sinks, status, triggers
+from schedulezero_operator import inputs, runs, sinks, status, triggers
 from schedulezero_operator.errors import InvalidSchedule
 from schedulezero_operator.metrics import OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
@@ -266,13 +266,16 @@ class Engine:
             self.remove_schedule(key)
             state = None
         first_seen = state is None
-        if state is None:
-            state = ScheduleState(key, uid, {}, generation, created, status.History.restore(status_))
+        if state is None:  # status is an input: what cannot be the Schedule's own is dropped (inputs.py)
+            history = inputs.restore_history(status_, uid=uid, spec=spec, created=created, now=utcnow())
+            state = ScheduleState(key, uid, {}, generation, created, history)
             self._schedules[key] = state
+            if self._owns(key) and (message := inputs.refused(state.history)) is not None:
+                self._event(key, warning=True, reason="StatusRefused", message=message)
         elif state.spec == spec:
             state.generation = generation
             if status_ is not None and not self._owns(key):  # a standby follows what the owner wrote
-                state.history = status.History.restore(status_)
+                state.history = inputs.restore_history(status_, uid=uid, spec=spec, created=created, now=utcnow())
             return state.invalid
         self._index(state, spec)
         state.spec, state.generation, state.created = dict(spec), generation, created
@@ -395,11 +398,20 @@ class Engine:
             if state is None or not self._owns(key):
                 continue
             progress = checkpoint.get(state.uid)
-            if progress is not None:
+            if progress is not None:  # an input like status: what cannot be the Schedule's is dropped and said
+                progress, dropped = inputs.checked_progress(
+                    progress, uid=state.uid, trigger=state.trigger, now=utcnow()
+                )
+                if dropped:
+                    self._event(
+                        key, warning=True, reason="CheckpointRefused", message=inputs.summary("checkpoint", dropped)
+                    )
                 last = state.history.last_schedule_time
                 if progress.last_scheduled is not None and (last is None or progress.last_scheduled > last):
                     state.history.last_schedule_time = progress.last_scheduled
                 state.history.unfinished = sorted({*state.history.unfinished, *progress.in_flight})
+            if (refused := inputs.refused(state.history)) is not None:
+                self._event(key, warning=True, reason="StatusRefused", message=refused)
             # Only when neither the status (as this replica has seen it: it may lag) nor the checkpoint says
             # the Schedule ever ran: from the first time due while this replica watched without owning it.
             if state.history.last_schedule_time is None and state.unowned_since is not None:

@@ -51,9 +51,9 @@ def parse_rfc3339(text: Any) -> datetime.datetime | None:
         return None
     try:
         parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.astimezone(datetime.UTC) if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+    except (ValueError, OverflowError):  # not a time, or one an offset takes out of what datetime holds
         return None
-    return parsed.astimezone(datetime.UTC) if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def cut_result(value: Any) -> str:
@@ -119,15 +119,16 @@ class RunRecord:
         if scheduled is None or not isinstance(data.get("runId"), str):
             return None
         error = data.get("error")
+        attempts = data.get("attempts")
         return cls(
             run_id=data["runId"],
             scheduled_time=scheduled,
             outcome=outcome,
             start_time=parse_rfc3339(data.get("startTime")),
             finish_time=parse_rfc3339(data.get("finishTime")),
-            attempts=int(data.get("attempts") or 0),
+            attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0 else 0,
             result=data.get("result") if isinstance(data.get("result"), str) else None,
-            error=error if isinstance(error, dict) else None,
+            error={str(k): str(v) for k, v in error.items()} if isinstance(error, dict) else None,
             endpoint=data.get("endpoint") if isinstance(data.get("endpoint"), str) else None,
             trigger=data["trigger"] if data.get("trigger") in TRIGGERS else "schedule",
         )
@@ -173,6 +174,8 @@ class History:
     """Nominal times of runs a previous operator left in ``active``: after a crash they run again."""
     backfill: dict[str, Any] | None = None
     """The last backfill request and how far it got (from, to, total, done, state, message)."""
+    refused: list[str] = dataclasses.field(default_factory=list)
+    """What restoring a status dropped as not the Schedule's own (``inputs.restore_history``), until reported."""
 
     def record(self, run: RunRecord, *, successful_limit: int, failed_limit: int) -> None:
         """Adds a run (newest first, by scheduled time) and trims each kind to its limit."""
@@ -224,13 +227,15 @@ class History:
     def restore(cls, status: dict[str, Any] | None) -> History:
         """The history a previously written status describes; unreadable parts are dropped, not fatal."""
         history = cls()
-        if not status:
+        if not status or not isinstance(status, dict):
             return history
-        history.runs = [r for r in (RunRecord.restore(d) for d in status.get("runs") or [] if isinstance(d, dict)) if r]
-        counters = status.get("counters") or {}
+        history.runs = [
+            r for r in (RunRecord.restore(d) for d in _list(status.get("runs")) if isinstance(d, dict)) if r
+        ]
+        counters = status.get("counters")
         for name in history.counters:
-            value = counters.get(name)
-            if isinstance(value, int) and value >= 0:
+            value = counters.get(name) if isinstance(counters, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 history.counters[name] = value
         history.last_schedule_time = parse_rfc3339(status.get("lastScheduleTime"))
         history.last_successful_time = parse_rfc3339(status.get("lastSuccessfulTime"))
@@ -239,22 +244,37 @@ class History:
         history.last_run_now_token = token if isinstance(token, str) else None
         backfill = status.get("backfill")
         if isinstance(backfill, dict) and isinstance(backfill.get("from"), str) and isinstance(backfill.get("to"), str):
-            history.backfill = dict(backfill)
+            history.backfill = {
+                k: v
+                for k, v in backfill.items()
+                if (k, type(v)) in {("from", str), ("to", str), ("total", int), ("done", int), ("message", str)}
+                or (k == "state" and v in ("Running", "Complete", "Refused", "Interrupted"))
+            }
             if backfill.get("state") == "Running":  # the operator that ran it stopped: what is left is not run
                 history.backfill["state"] = "Interrupted"
-        for run in status.get("active") or []:
+        for run in _list(status.get("active")):
             scheduled = parse_rfc3339(run.get("scheduledTime")) if isinstance(run, dict) else None
             if scheduled is not None:
                 history.unfinished.append(scheduled)
-        for data in status.get("conditions") or []:
+        for data in _list(status.get("conditions")):
             since = parse_rfc3339(data.get("lastTransitionTime")) if isinstance(data, dict) else None
-            if since is not None and isinstance(data.get("type"), str):
+            if since is not None and data.get("type") in CONDITIONS:
+                generation = data.get("observedGeneration")
                 history.conditions[data["type"]] = Condition(
                     data["type"],
                     str(data.get("status", "Unknown")),
                     str(data.get("reason", "")),
                     str(data.get("message", "")),
                     since,
-                    data.get("observedGeneration"),
+                    generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
                 )
         return history
+
+
+CONDITIONS = ("Ready", "Suspended", "Completed")
+"""The conditions the engine sets: others found in a status are not carried on."""
+
+
+def _list(value: Any) -> list[Any]:
+    """A status field that should be a list, or nothing: any other type is another writer's."""
+    return value if isinstance(value, list) else []
