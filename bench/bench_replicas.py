@@ -15,7 +15,10 @@ operator does with the pods of a Service's EndpointSlices.
 
 A replica is one Python process: its CPU-bound work holds the GIL, so one
 replica uses at most one core, and scaling stops at the machine's cores.
-Each count runs ``--repetitions`` times; the table shows medians.
+Each repetition measures every count in turn, each with replicas started for
+it; the table shows the medians of the rates, and of the ratios taken within
+each repetition (engine ÷ floor of the same count, engine at a count ÷ engine
+at one replica in the same repetition).
 
 Run from the repository root: ``.venv/bin/python bench/bench_replicas.py``.
 """
@@ -116,18 +119,20 @@ async def floor(endpoints: list[str], args: argparse.Namespace) -> float:
 
 
 def table(results: dict[int, dict[str, list[float]]]) -> str:
+    """Medians of the rates, and medians of the ratios taken within each repetition."""
     headers = ["replicas", "floor: calls/s", "engine: runs/s", "engine ÷ floor", "engine vs 1 replica"]
     rows = []
-    one = statistics.median(results[min(results)]["engine"])
+    one = results[min(results)]["engine"]
     for count, row in results.items():
-        floor_, engine_rate = statistics.median(row["floor"]), statistics.median(row["engine"])
+        of_floor = [engine_rate / floor_ for engine_rate, floor_ in zip(row["engine"], row["floor"], strict=True)]
+        of_one = [engine_rate / first for engine_rate, first in zip(row["engine"], one, strict=True)]
         rows.append(
             [
                 str(count),
-                f"{floor_:,.0f}",
-                f"{engine_rate:,.0f}",
-                f"{engine_rate / floor_:.2f}",
-                f"{engine_rate / one:.2f} x",
+                f"{statistics.median(row['floor']):,.0f}",
+                f"{statistics.median(row['engine']):,.0f}",
+                f"{statistics.median(of_floor):.2f}",
+                f"{statistics.median(of_one):.2f} x",
             ]
         )
     return benchlib.markdown_table(headers, rows)
@@ -145,25 +150,23 @@ def main() -> None:
     port = benchlib.free_port()
     print(benchlib.environment("apscheduler", "pyzmq"))
     print(f"{os.cpu_count()} CPUs; work {WORK_MS:.0f} ms of CPU per call; {args.offered} runs offered per second")
-    results: dict[int, dict[str, list[float]]] = {}
-    for count in args.replicas:
-        endpoints = [f"tcp://127.0.0.{2 + index}:{port}" for index in range(count)]
-        row: dict[str, list[float]] = {"floor": [], "engine": []}
-        with contextlib.ExitStack() as stack:
-            for index, endpoint in enumerate(endpoints):
-                options = ("--idle-timeout", "0")
-                argv = benchlib.handler_argv(WORK_HANDLER, endpoint, benchlib.BENCH_DIR, *options)
-                stack.enter_context(benchlib.serving(f"replica {index}", argv))
-            for repetition in range(args.repetitions):
+    results = {count: {"floor": list[float](), "engine": list[float]()} for count in args.replicas}
+    for repetition in range(args.repetitions):  # every count in each repetition: its ratios compare like with like
+        for count, row in results.items():
+            endpoints = [f"tcp://127.0.0.{2 + index}:{port}" for index in range(count)]
+            with contextlib.ExitStack() as stack:
+                for index, endpoint in enumerate(endpoints):
+                    options = ("--idle-timeout", "0")
+                    argv = benchlib.handler_argv(WORK_HANDLER, endpoint, benchlib.BENCH_DIR, *options)
+                    stack.enter_context(benchlib.serving(f"replica {index}", argv))
                 row["floor"].append(asyncio.run(floor(endpoints, args)))
                 rate, failed = asyncio.run(engine(endpoints, args))
                 row["engine"].append(rate)
-                print(
-                    f"  {count} replicas, repetition {repetition + 1}: floor {row['floor'][-1]:,.0f} calls/s, "
-                    f"engine {rate:,.0f} runs/s ({failed} runs not succeeded)",
-                    flush=True,
-                )
-        results[count] = row
+            print(
+                f"  repetition {repetition + 1}, {count} replicas: floor {row['floor'][-1]:,.0f} calls/s, "
+                f"engine {rate:,.0f} runs/s ({failed} runs not succeeded)",
+                flush=True,
+            )
     print()
     print("Runs per second that one Handler's replicas complete (5 ms of CPU each):")
     print()
