@@ -337,5 +337,6 @@ def test_scaling_three_to_five_to_two_loses_and_repeats_nothing_and_a_terminatin
     assert {e["pod"] for e in after} == {"probe-0", "probe-1"}, collections.Counter(e["pod"] for e in after)
     # The terminating pod finished the runs it had: each one it started, it also ended, and only there.
     kept = [e for e in starts if e["pod"] == "probe-2" and shrunk_at - 1 < e["at"] <= shrunk_at + 1]
+    assert kept, "the terminating pod started no run around its termination: the test proves nothing"
     finished = {(e["schedule"], e["scheduled"], e["pod"]) for e in journal if e["event"] == "done"}
     assert all((e["schedule"], e["scheduled"], "probe-2") in finished for e in kept), kept
