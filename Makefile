@@ -48,8 +48,9 @@ image: debs
 
 # A local etcd + kube-apiserver with the CRDs, to try the operator with kubectl:
 # eval "$(make -s cluster)" sets KUBECONFIG (and PATH for kubectl); make cluster-down removes it.
-cluster: venv control-plane
-	@bin=$$(tools/k8s/build.sh 2>/dev/null) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/python tools/k8s/cluster.py up
+# Only a build's progress is shown (make -s cluster prints nothing else when it is cached).
+cluster: venv
+	@bin=$$(SCHEDULEZERO_BUILD_QUIET=1 tools/k8s/build.sh) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/python tools/k8s/cluster.py up
 
 cluster-down: venv
 	@$(BIN)/python tools/k8s/cluster.py down

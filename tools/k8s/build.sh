@@ -10,7 +10,8 @@
 # when it works, so an interrupted build never leaves a broken cache entry.
 #
 # Prints the bin directory holding all four on its last line of stdout;
-# progress goes to stderr.
+# progress goes to stderr. With SCHEDULEZERO_BUILD_QUIET=1 only a build's own
+# progress does: nothing is said when everything is cached (make cluster).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +27,8 @@ kube_minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
 build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# What the cache holds: said unless SCHEDULEZERO_BUILD_QUIET is set.
+note() { [ -n "${SCHEDULEZERO_BUILD_QUIET:-}" ] || log "$@"; }
 
 # Runs "$@" while printing the elapsed time every 30 s, so a cold build of
 # several minutes visibly makes progress.
@@ -47,7 +50,7 @@ ensure() {
   local name=$1 version=$2 check=$3; shift 4
   local dest="$cache/$name-$version"
   if [ -x "$dest/$name" ] && "$dest/$name" $check >/dev/null 2>&1; then
-    log "$name $version: cached in $dest"
+    note "$name $version: cached in $dest"
   else
     log "$name $version: building (a cold build takes minutes)"
     local tmp
@@ -115,7 +118,7 @@ monitoring_crds() {
 }
 monitoring_crds
 
-log "kube-apiserver: $("$bin/kube-apiserver" --version)"
-log "etcd: $("$bin/etcd" --version | head -n 1)"
-log "helm: $("$bin/helm" version --short)"
+note "kube-apiserver: $("$bin/kube-apiserver" --version)"
+note "etcd: $("$bin/etcd" --version | head -n 1)"
+note "helm: $("$bin/helm" version --short)"
 echo "$bin"
