@@ -56,7 +56,11 @@ def _run(args: argparse.Namespace) -> int:
     _raise_open_file_limit()
     handler = conductor.Conductor(config=config, source=source)
     settings = server_.ServerSettings(bind=args.bind, idle_timeout=0, http_port=args.http_port)
-    asyncio.run(runner.serve(handler, settings))
+    try:
+        asyncio.run(runner.serve(handler, settings))
+    except runner.ServeError as error:  # a port taken: one line and exit 2, as the handler has it
+        print(f"schedulezero: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,7 +20,7 @@ import psutil
 from prometheus_client import CollectorRegistry
 
 from schedulezero_conductor import collector, discovery, exposition, scraper
-from schedulezero_handler import Handler, client, expose
+from schedulezero_handler import Handler, client, expose, runner
 
 MiB = 1024 * 1024
 
@@ -51,7 +51,11 @@ class Conductor(Handler):
         self.scraper.on_round = self.exposition.refresh
         port = int(config.get("metrics_port", 9465))
         if port:
-            self.exposition.serve(host=str(config.get("metrics_address", "0.0.0.0")), port=port)
+            try:
+                self.exposition.serve(host=str(config.get("metrics_address", "0.0.0.0")), port=port)
+            except OSError as error:  # said as one line, like a taken ZeroMQ or health port, not as a traceback
+                await self.client.close()
+                raise runner.ServeError(f"cannot serve /metrics on port {port}: {error.strerror}") from None
         self.scraper.start()
 
     async def on_stop(self) -> None:

@@ -70,7 +70,7 @@ def _serve(mode: local.LocalMode, metrics: OperatorMetrics, metrics_port: int, *
         try:
             metrics.serve(port=metrics_port)
         except OSError as error:
-            print(f"schedulezero: cannot serve /metrics on port {metrics_port}: {error}", file=sys.stderr)
+            print(f"schedulezero: cannot serve /metrics on port {metrics_port}: {error.strerror}", file=sys.stderr)
             return 2
         mode.terminal.say(f"metrics at http://127.0.0.1:{metrics_port}/metrics")
 
@@ -233,7 +233,31 @@ def _election_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def unbindable(port: int, address: str = "0.0.0.0") -> str | None:
+    """Why a TCP server could not listen on ``port``, or None when it could.
+
+    The operator's ports are bound inside kopf's start-up (``/metrics`` by a
+    startup handler kopf retries every minute, ``/healthz`` by kopf itself), where
+    a taken port is a traceback and a retry rather than an exit. Binding each
+    once first, as the servers will (with SO_REUSEADDR), turns it into one line
+    and exit code 2, as the handler and the conductor have it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+            probe.listen()
+        except OSError as error:
+            return error.strerror or str(error)
+    return None
+
+
 def _run_operator(args: argparse.Namespace) -> int:
+    for what, port in (("/metrics", args.metrics_port), ("/healthz", args.liveness_port)):
+        if port and (why := unbindable(port)) is not None:
+            print(f"schedulezero: cannot serve {what} on port {port}: {why}", file=sys.stderr)
+            return 2
+
     import kopf
 
     from schedulezero_operator import controller
