@@ -39,6 +39,11 @@ class HandlerCollector(Collector):
             "Calls served, by method and outcome.",
             labels=[*PROCESS, "method", "outcome"],
         )
+        duplicates = CounterMetricFamily(
+            "schedulezero_handler_duplicate_calls",
+            "Calls that arrived for a call id already run or running, answered without running the method again.",
+            labels=[*PROCESS, "method"],
+        )
         in_flight = GaugeMetricFamily(
             "schedulezero_handler_calls_in_flight", "Calls running in the handler.", labels=PROCESS
         )
@@ -61,7 +66,9 @@ class HandlerCollector(Collector):
             for method, outcomes in (metrics.get("calls") or {}).items():
                 for outcome, count in outcomes.items():
                     calls.add_metric([*process, method, outcome], float(count))
-        yield from (up, sleeping, cpu, memory, calls, in_flight, started)
+            for method, count in (metrics.get("duplicate_calls") or {}).items():
+                duplicates.add_metric([*process, method], float(count))
+        yield from (up, sleeping, cpu, memory, calls, duplicates, in_flight, started)
         duration = GaugeMetricFamily(
             "schedulezero_conductor_scrape_duration_seconds", "Duration of the last round of scraping every handler."
         )

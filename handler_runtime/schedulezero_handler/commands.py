@@ -55,6 +55,17 @@ def _register_handler(subparsers: Subparsers) -> None:
         default=defaults.reply_cache_bytes,
         help="bytes of finished replies kept for resends and retries (default %(default)s)",
     )
+    parser.add_argument(
+        "--reply-cache-size",
+        type=int,
+        default=defaults.reply_cache_size,
+        help="finished replies kept for resends and retries; 0 keeps none (default %(default)s)",
+    )
+    parser.add_argument(
+        "--journal",
+        type=pathlib.Path,
+        help="append every method call's delivery (call id, attempt, sender, answer) to this file, as JSON lines",
+    )
     parser.add_argument("--http-port", type=int, help="serve /healthz and /readyz on this port")
     parser.add_argument("--curve-secret-key", type=pathlib.Path, help="the handler's .key_secret file")
     parser.add_argument("--curve-authorized-keys", type=pathlib.Path, help="directory of accepted client .key files")
@@ -64,6 +75,8 @@ def _register_handler(subparsers: Subparsers) -> None:
 
 def _run_handler(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.reply_cache_size < 0:
+        return _fail(f"--reply-cache-size must be 0 or more, not {args.reply_cache_size}")
     if (args.curve_secret_key is None) != (args.curve_authorized_keys is None):
         return _fail("--curve-secret-key and --curve-authorized-keys go together")
     curve = None
@@ -82,6 +95,8 @@ def _run_handler(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         drain_delay=args.drain_delay,
         reply_cache_bytes=args.reply_cache_bytes,
+        reply_cache_size=args.reply_cache_size,
+        journal=args.journal,
         http_port=args.http_port,
         curve=curve,
     )

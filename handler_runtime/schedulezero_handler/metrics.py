@@ -22,6 +22,9 @@ class CallStats:
         self.in_flight = 0
         self.dropped_messages = 0
         """Messages dropped unanswered: malformed envelopes, oversized, undeliverable replies."""
+        self.duplicates: collections.Counter[str] = collections.Counter()
+        """Calls by method that arrived for a call id already run or running, answered without running
+        the method again: second deliveries, which only the reply cache kept from running twice."""
 
     def finished(self, method: str, outcome: str) -> None:
         self.counts[method, outcome] += 1

@@ -69,6 +69,12 @@ class Call:
     """``namespace/name`` of the Schedule the call runs for, if any."""
     scheduled_time: str | None = None
     """Nominal time of the run, RFC 3339 UTC, if any."""
+    sender: str | None = None
+    """Who sent the call (an operator replica's identity), for the handler's log and journal: when one
+    run reaches a handler twice, the two deliveries say which replicas sent them."""
+    resent: bool = False
+    """The call re-sends a run that a previous operator (or replica) left in flight: the one expected
+    second delivery, which the handler answers from its reply cache if it still keeps the reply."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,6 +173,10 @@ def encode_call(call: Call) -> list[bytes]:
         header["schedule"] = call.schedule
     if call.scheduled_time is not None:
         header["scheduled_time"] = call.scheduled_time
+    if call.sender is not None:
+        header["sender"] = call.sender
+    if call.resent:
+        header["resent"] = True
     return [VERSION, Kind.CALL.value, call.call_id, pack(header), pack(call.params)]
 
 
@@ -228,6 +238,7 @@ def decode_call(call_id: bytes, header: bytes, body: bytes) -> Call:
     except TypeError as error:
         raise errors.InvalidParams(str(error)) from None
     schedule, scheduled_time = fields.get("schedule"), fields.get("scheduled_time")
+    sender = fields.get("sender")
     return Call(
         call_id=call_id,
         method=method,
@@ -236,6 +247,8 @@ def decode_call(call_id: bytes, header: bytes, body: bytes) -> Call:
         attempt=attempt,
         schedule=schedule if isinstance(schedule, str) else None,
         scheduled_time=scheduled_time if isinstance(scheduled_time, str) else None,
+        sender=sender[:253] if isinstance(sender, str) else None,
+        resent=fields.get("resent") is True,
     )
 
 

@@ -14,11 +14,12 @@ import contextvars
 import dataclasses
 import enum
 import functools
+import json
 import logging
 import pathlib
 import time
 import traceback
-from typing import Any
+from typing import Any, TextIO
 
 import zmq
 import zmq.asyncio
@@ -67,7 +68,8 @@ class ServerSettings:
     reply_ttl: float = 600.0
     """How long a finished reply is kept for duplicates of its call id."""
     reply_cache_size: int = 10_000
-    """How many finished replies are kept for duplicates at most."""
+    """How many finished replies are kept for duplicates at most; 0 keeps none, so that every second
+    delivery runs the method again (a test of the callers' own exactly-once)."""
     reply_cache_bytes: int = 64 * 1024 * 1024
     """How many bytes of finished replies are kept at most; past it the largest go first."""
     http_port: int | None = None
@@ -76,6 +78,10 @@ class ServerSettings:
     """Address of the health endpoints."""
     curve: security.CurveServer | None = None
     """CurveZMQ keys; None serves in clear text to any client."""
+    journal: pathlib.Path | None = None
+    """A file to which every method call's delivery is appended as a JSON line (call id, attempt, sender,
+    Schedule, nominal time, and how it was answered): an audit of who delivered what, read by tests that
+    count deliveries rather than executions. None keeps no journal."""
 
 
 UNKNOWN_METHOD = "<unknown>"
@@ -129,6 +135,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._authenticator: security.KeyDirectoryAuthenticator | None = None
         self._http: health.HealthServer | None = None
+        self._journal: TextIO | None = None
         self.endpoint = ""
 
     # -- lifecycle ----------------------------------------------------------------
@@ -151,6 +158,9 @@ class Server:
             self._http = health.HealthServer(self, host=self.settings.http_host, port=self.settings.http_port)
             self._http.start(asyncio.get_running_loop())
         await self.handler.on_start()
+        if self.settings.journal is not None:
+            # Line-buffered appends: one small write per delivery to the page cache, readable at once.
+            self._journal = self.settings.journal.open("a", buffering=1, encoding="utf-8")
         self._pump = pump.SocketPump(
             socket, self._receive, peer_property="User-Id" if self._authenticator is not None else None
         )
@@ -203,6 +213,9 @@ class Server:
             if self._http is not None:
                 self._http.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
             self._stopped.set()
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
@@ -253,23 +266,49 @@ class Server:
         """Starts a method call, or answers a duplicate, or refuses it."""
         stored = self._replies.get(call.call_id)
         if stored is not None and (stored.succeeded or call.attempt <= stored.attempt):
+            self._delivered(call, "cached")
             self._reply_now(identity, stored.frames)
             return
         running = self._running.get(call.call_id)
         if running is not None:
+            self._delivered(call, "joined")
             running.waiters.append(identity)
             return
         refusal = self._refusal(call)
         if refusal is not None:
+            self._delivered(call, f"refused:{refusal.type}")
             self.stats.finished(call.method if call.method in self.methods else UNKNOWN_METHOD, refusal.type)
             self._reply_now(identity, protocol.encode_error(call.call_id, refusal))
             return
+        self._delivered(call, "run")
         method = self.methods[call.method]
         self.stats.in_flight += 1
         self._last_activity = time.monotonic()
         task = self._spawn(self._execute(call, method))
         self._running[call.call_id] = _Running(task, [identity])
         task.add_done_callback(functools.partial(self._finished, call))
+
+    def _delivered(self, call: protocol.Call, answer: str) -> None:
+        """Counts a second delivery, logs who sent it, and journals every delivery when asked to."""
+        if answer in ("cached", "joined"):
+            self.stats.duplicates[call.method] += 1
+            log.debug(
+                "%s (call %s, attempt %d) from %s: a duplicate, %s",
+                call.method, call.call_id.hex(), call.attempt, call.sender or "an unnamed sender", answer,
+            )  # fmt: skip
+        if self._journal is not None:
+            entry = {
+                "at": time.time(),
+                "call": call.call_id.hex(),
+                "method": call.method,
+                "attempt": call.attempt,
+                "sender": call.sender,
+                "resent": call.resent,
+                "schedule": call.schedule,
+                "scheduled": call.scheduled_time,
+                "answer": answer,
+            }
+            self._journal.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
     def _refusal(self, call: protocol.Call) -> errors.CallError | None:
         if self.draining:
@@ -462,6 +501,7 @@ class Server:
                 "calls": self.stats.by_method(),
                 "in_flight": self.stats.in_flight,
                 "dropped_messages": self.stats.dropped_messages,
+                "duplicate_calls": dict(self.stats.duplicates),
             }
         if verb == "sys.sleep":
             await self.sleep()
