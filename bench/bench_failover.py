@@ -51,7 +51,7 @@ from tests.support import controlplane, processes
 NAMESPACE = bench_operator.NAMESPACE
 SYSTEM = "schedulezero-system"
 PREFIX = "bench"
-TOOK_OVER = re.compile(r"^\[(\S+ \S+)\] .*shard (\d+): took over (\d+) Schedules")
+TOOK_OVER = re.compile(r"^\[(\S+ \S+)\] .*shard (\d+): took over (\d+) Schedules?")
 
 
 class Replicas:

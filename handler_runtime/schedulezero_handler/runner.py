@@ -20,6 +20,7 @@ import zmq.asyncio
 
 from schedulezero_handler import handler as handler_
 from schedulezero_handler import server as server_
+from schedulezero_handler import text
 
 HANDLERS_GROUP = "schedulezero.handlers"
 
@@ -89,7 +90,8 @@ async def serve(handler: handler_.Handler, settings: server_.ServerSettings) -> 
         raise ServeError(f"cannot bind {settings.bind}: {error}") from None
     except OSError as error:  # the HTTP server's port
         raise ServeError(f"cannot serve /healthz and /readyz on port {settings.http_port}: {error.strerror}") from None
-    print(f"serving {type(handler).__name__} on {server.endpoint} ({len(server.methods)} methods)", flush=True)
+    methods = text.count(len(server.methods), "method")
+    print(f"serving {type(handler).__name__} on {server.endpoint} ({methods})", flush=True)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", settings.drain_timeout)
     await server.stop()

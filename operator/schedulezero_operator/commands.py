@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from typing import cast
 
 from schedulezero_handler.cli import Subparsers
 from schedulezero_operator import budget as budget_
@@ -233,6 +234,10 @@ def _election_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TEXT_LOG_FORMAT = "[%(asctime)s] %(name)s [%(levelname)-8s] %(message)s"
+"""kopf's full format, with whole logger names."""
+
+
 def unbindable(port: int, address: str = "0.0.0.0") -> str | None:
     """Why a TCP server could not listen on ``port``, or None when it could.
 
@@ -262,7 +267,9 @@ def _run_operator(args: argparse.Namespace) -> int:
 
     from schedulezero_operator import controller
 
-    log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
+    # kopf's own text format cuts logger names to 20 characters ("schedulezero_operato"); a format string is
+    # taken as it is (kopf matches on str), though kopf types the parameter as its enum only.
+    log_format = kopf.LogFormat.JSON if args.log_format == "json" else cast(kopf.LogFormat, TEXT_LOG_FORMAT)
     kopf.configure(verbose=args.verbose, log_format=log_format)
     config = controller.ControllerSettings(
         status_interval=args.status_interval,

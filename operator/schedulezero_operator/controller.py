@@ -28,7 +28,7 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
-from schedulezero_handler import endpoints, security
+from schedulezero_handler import endpoints, security, text
 from schedulezero_operator import budget as budget_
 from schedulezero_operator import (
     checkpoints,
@@ -377,8 +377,8 @@ async def _start(config: ControllerSettings) -> Runtime:
     checkpointer.start()
     runtime.joined = asyncio.get_running_loop().create_task(_join(runtime, config))
     log.info(
-        "operator %s: %d shards, Leases %s-shard-N in %s",
-        config.identity, shards, config.ha.prefix, config.lease_namespace,
+        "operator %s: %s, Leases %s-shard-N in %s",
+        config.identity, text.count(shards, "shard"), config.ha.prefix, config.lease_namespace,
     )  # fmt: skip
     return runtime
 
@@ -415,12 +415,19 @@ async def _take_over(runtime: Runtime, shard: int, generation: int) -> None:
     keys = runtime.checkpointer.keys(shard)
     await runtime.engine.take_over(keys, progress)
     runtime.checkpointer.adopted(shard)
-    log.info("shard %d: took over %d Schedules (holding %s)", shard, len(keys), runtime.elector.held())
+    log.info("shard %d: took over %s (holding %s)", shard, text.count(len(keys), "Schedule"), runtime.elector.held())
 
 
 def _lost(runtime: Runtime, shard: int, why: str) -> None:
+    """Says where the shard's Schedules fire now: at another replica only if another is alive."""
     runtime.ha_metrics.transitions.labels("lost").inc()
-    log.info("shard %d no longer ours (%s): its Schedules fire elsewhere", shard, why)
+    log.info("shard %d no longer ours (%s): %s", shard, why, _where_they_fire(runtime.elector.live_members))
+
+
+def _where_they_fire(live_members: int) -> str:
+    if live_members > 1:
+        return "its Schedules fire at the replica that takes it over"
+    return "no other replica is alive, so its Schedules fire once one starts and catches them up"
 
 
 def _checkpointed(runtime: Runtime, shard: int, size: int) -> None:

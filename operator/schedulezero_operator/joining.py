@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from schedulezero_handler import text
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Listing:
         self.complete = True
         self._seen.clear()
         log.info(
-            "saw %d of the %d Schedules listed at start in %.1f s: joining the election",
-            len(expected) - len(missing), len(expected), time.monotonic() - started,
+            "saw %d of the %s listed at start in %.1f s: joining the election",
+            len(expected) - len(missing), text.count(len(expected), "Schedule"), time.monotonic() - started,
         )  # fmt: skip
         return missing
