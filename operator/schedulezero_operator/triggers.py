@@ -240,6 +240,17 @@ def parse_time(value: Any, field: str) -> datetime.datetime:
     return parsed.astimezone(UTC)
 
 
+def _exact(parsed: datetime.datetime, value: Any) -> tuple[datetime.datetime, int]:
+    """``parsed`` and the nanoseconds its text held below the microsecond, which ``datetime`` drops.
+
+    The API server compares times to the nanosecond (and drops digits below
+    it): an endTime 100 ns after startTime is after it there, so it is here.
+    """
+    match = RFC3339.fullmatch(value) if isinstance(value, str) else None
+    digits = (match[2] or ".")[1:] if match else ""  # the fraction's digits
+    return parsed, int(digits[6:9].ljust(3, "0"))
+
+
 def parse_timezone(name: Any) -> zoneinfo.ZoneInfo:
     if not isinstance(name, str) or not name.isascii() or name == "Local":
         raise InvalidSchedule(f"timeZone {name!r} is not a known IANA time zone, such as Europe/Berlin")
@@ -256,7 +267,7 @@ def build_trigger(spec: Mapping[str, Any], *, created: datetime.datetime) -> Tri
         raise InvalidSchedule("exactly one of spec.schedule and spec.runAt must be set")
     start = parse_time(spec["startTime"], "startTime") if spec.get("startTime") is not None else None
     end = parse_time(spec["endTime"], "endTime") if spec.get("endTime") is not None else None
-    if start is not None and end is not None and end <= start:
+    if start is not None and end is not None and _exact(end, spec["endTime"]) <= _exact(start, spec["startTime"]):
         raise InvalidSchedule("endTime must be after startTime")
     zone = parse_timezone(spec.get("timeZone") or "UTC")  # checked whatever the schedule, as the API server does
     if run_at is not None:

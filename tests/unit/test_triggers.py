@@ -1307,3 +1307,25 @@ INVALID_SPECS = [
 def test_invalid_spec(spec: dict[str, Any], problem: str) -> None:
     with pytest.raises(triggers.InvalidSchedule, match=re.escape(problem)):
         triggers.build_trigger(spec, created=CREATED)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "after"),
+    [
+        ("2026-12-24T18:00:00.0000001Z", "2026-12-24T18:00:00.0000002Z", True),
+        ("2026-12-24T18:00:00.0000002Z", "2026-12-24T18:00:00.0000001Z", False),
+        ("2026-12-24T18:00:00.000000100Z", "2026-12-24T18:00:00.0000001Z", False),
+        ("2026-12-24T18:00:00.0000001Z", "2026-12-24T18:00:00.0000001999Z", True),  # digits below 1 ns dropped
+        ("2026-12-24T18:00:00.0000001999Z", "2026-12-24T18:00:00.0000001Z", False),
+        ("2026-12-24T18:00:00+01:00", "2026-12-24T17:00:00.000000001Z", True),
+    ],
+)
+def test_end_time_is_after_start_time_to_the_nanosecond_as_the_api_server_compares(
+    start: str, end: str, after: bool
+) -> None:
+    spec = {"schedule": "@hourly", "startTime": start, "endTime": end}
+    if after:
+        triggers.build_trigger(spec, created=CREATED)
+    else:
+        with pytest.raises(triggers.InvalidSchedule, match="endTime must be after startTime"):
+            triggers.build_trigger(spec, created=CREATED)
