@@ -100,6 +100,7 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
                 }
             ],
             "runs": [{"runId": "r1", "scheduledTime": last_run, "outcome": "Succeeded", "durationSeconds": 0.25}],
+            "lastRunDuration": "250ms",
             "updatedTime": last_run,
         }
     }
@@ -124,7 +125,7 @@ def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, na
     wide = printer_columns("schedules.schedulezero.io.yaml", wide=True)
     assert header_fields(header, ["NAME", *wide]) == ["NAME", *wide]
     assert wide[-6:] == ["HANDLER", "METHOD", "TIME ZONE", "LAST DURATION", "UPDATED", "AGE"]
-    assert row.split()[12:17] == ["report-handler", "build_report", "Europe/Berlin", "0.25", "20m"]
+    assert row.split()[12:17] == ["report-handler", "build_report", "Europe/Berlin", "250ms", "20m"]
 
 
 def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:
