@@ -53,14 +53,14 @@ class Claim:
 
 CLAIMS: dict[str, tuple[Claim, ...]] = {
     "suspend": (
-        Claim("While true, no run starts.", (SUSPENSION,), (("README.md", "suspending is not a fault"),)),
+        Claim("While true, no run starts.", (SUSPENSION,), (("docs/operator.md", "suspending is not a fault"),)),
         Claim(
             "The times that pass meanwhile are not runs: on resume the Schedule goes on from its next time, and "
             "none of them is run, recorded Missed or caught up, whatever catchUpPolicy says.",
             (SUSPENSION,),
             (
                 (
-                    "README.md",
+                    "docs/operator.md",
                     "the times that fall into a suspension are not runs: resuming goes on from the "
                     "next time, with no `Missed` records",
                 ),
@@ -75,7 +75,7 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
             (catch_up("All"), SUSPENSION),
             (
                 (
-                    "README.md",
+                    "docs/operator.md",
                     "Times missed while the operator was away are another matter: they are caught "
                     "up per `catchUpPolicy`",
                 ),
