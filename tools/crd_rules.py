@@ -8,19 +8,30 @@ or variables in the API server), so they are generated here, one per cron
 field, and ``tests/unit/test_crd_rules.py`` checks that the CRD holds exactly
 these; an e2e test checks that the API server and the parser agree.
 
-    .venv/bin/python tools/crd_rules.py   # writes them into the operator's CRD; then make manifests
+    .venv/bin/python tools/crd_rules.py           # writes them into the operator's CRD; then make manifests
+    .venv/bin/python tools/crd_rules.py --zones   # first, when the tz database has new zones
+
+The time zones are a list, ``schedulezero_operator/zones.py``, that both the
+rule and the parser check: a zone the API server's CEL cannot load makes the
+rule fail with an error, which the API server reports as ``Invalid value:
+"string"`` instead of the value, while a name missing from a list is refused
+with its own message.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
 import pathlib
 import re
+import zoneinfo
 from typing import Any
 
 import yaml
 
 CRD = pathlib.Path(__file__).resolve().parents[1] / "operator/schedulezero_operator/crds/schedules.schedulezero.io.yaml"
+ZONES = CRD.parents[1] / "zones.py"
 SPEC_INDENT = 16
 """Indentation of the properties of spec in the CRD file."""
 
@@ -161,13 +172,39 @@ def time_rule(field: str) -> dict[str, Any]:
 
 
 def time_zone_rules() -> list[dict[str, Any]]:
+    """One of the listed zones: a rule that is false for any other name, where loading it in CEL would fail."""
+    listed = ", ".join(f"'{name}'" for name in zone_names())
     return [
         {
-            # A zone Go does not know fails the call with "unknown time zone"; "Local" is Go's own alias.
-            "rule": "self != 'Local' && timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0",
+            "rule": f"self in [{listed}]",
+            "messageExpression": "'unknown time zone ' + self + ': timeZone must be an IANA time zone, such as "
+            "Europe/Berlin'",
             "message": "timeZone must be an IANA time zone, such as Europe/Berlin",
         }
     ]
+
+
+def zone_names() -> tuple[str, ...]:
+    """The names of schedulezero_operator/zones.py, read without importing the operator."""
+    module = ast.parse(ZONES.read_text())
+    for node in module.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "NAMES":
+            assert node.value is not None
+            return tuple(ast.literal_eval(node.value))
+    raise LookupError(f"{ZONES} defines no NAMES")
+
+
+def write_zones() -> None:
+    """zones.py from this machine's tz database, less ``localtime`` (the host's own zone, not a name)."""
+    names = sorted(zoneinfo.available_timezones() - {"localtime", "posixrules"})
+    body = "".join(f'    "{name}",\n' for name in names)
+    ZONES.write_text(
+        '"""The time zones a Schedule may name: written by ``tools/crd_rules.py --zones`` from the tz database.\n\n'
+        "The CRD's rule for spec.timeZone lists the same names (tools/crd_rules.py), so the API server and the\n"
+        "parser accept the same zones. Regenerate both when the tz database adds zones.\n"
+        '"""\n\n'
+        f"NAMES: tuple[str, ...] = (\n{body})\n"
+    )
 
 
 def rules() -> dict[str, list[dict[str, Any]]]:
@@ -216,6 +253,10 @@ def _without_validations(block: list[str]) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zones", action="store_true", help="first rewrite zones.py from the tz database")
+    if parser.parse_args().zones:
+        write_zones()
     CRD.write_text(write(CRD.read_text()))
 
 

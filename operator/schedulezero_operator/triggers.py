@@ -23,10 +23,12 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 
-from schedulezero_operator import cron
+from schedulezero_operator import cron, zones
 from schedulezero_operator.errors import InvalidSchedule
 
 UTC = datetime.UTC
+KNOWN_ZONES = frozenset(zones.NAMES)
+"""The time zones a Schedule may name: those the CRD lists (see zones.py)."""
 _TICK = datetime.timedelta(microseconds=1)
 _MAX_DAYS = 366 * 9
 """How far a cron search looks ahead: "29 Feb" may be 8 years away (2096 -> 2104)."""
@@ -252,7 +254,7 @@ def _exact(parsed: datetime.datetime, value: Any) -> tuple[datetime.datetime, in
 
 
 def parse_timezone(name: Any) -> zoneinfo.ZoneInfo:
-    if not isinstance(name, str) or not name.isascii() or name == "Local":
+    if not isinstance(name, str) or name not in KNOWN_ZONES:  # the zones the CRD's rule lists, no others
         raise InvalidSchedule(f"timeZone {name!r} is not a known IANA time zone, such as Europe/Berlin")
     try:
         return zoneinfo.ZoneInfo(str(name))
