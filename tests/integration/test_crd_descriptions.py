@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -130,7 +131,7 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
                 ),
             ),
         ),
-        Claim("Unset means no deadline.", (catch_up("All"),), ()),
+        Claim("Unset means no deadline.", (catch_up("All"),), (("docs/operator.md", "Unset means no deadline"),)),
     ),
 }
 
@@ -174,6 +175,13 @@ async def test_the_engine_does_what_the_descriptions_claim(
     available = {"engine": engine, "client": client, "handler": handler, "sink": sink}
     fixtures = {p: available[p] for p in inspect.signature(proof).parameters if p not in given}
     await proof(**fixtures, **given)
+
+
+def test_the_operator_docs_table_is_the_descriptions() -> None:
+    """docs/operator.md's table of the fields that decide what becomes of each time reads as the CRD."""
+    rows = re.findall(r"^\| `(\w+)` \| (.*) \|$", (controlplane.REPO / "docs" / "operator.md").read_text(), re.M)
+    table = {field: text for field, text in rows if field in CLAIMS}
+    assert table == {field: spec_descriptions()[field] for field in CLAIMS}
 
 
 @pytest.mark.parametrize("field", sorted(CLAIMS))
