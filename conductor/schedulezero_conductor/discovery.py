@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from schedulezero_handler import endpoints, security
+from schedulezero_handler import endpoints, security, text
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ class ConfigDiscovery:
                     self._stamp = stamp
                     self._targets = self._parse((yaml.safe_load(self._path.read_text()) or {}).get("handlers"))
             except (OSError, yaml.YAMLError, AttributeError) as error:
-                log.warning("cannot re-read %s (%s); keeping %d handlers", self._path, error, len(self._targets))
+                kept = text.count(len(self._targets), "handler")
+                log.warning("cannot re-read %s (%s); keeping %s", self._path, error, kept)
         return [Target(name, endpoint) for name, endpoint in self._targets.items()]
 
     async def curves(self) -> dict[str, security.CurveClient]:
@@ -136,7 +137,7 @@ class KubernetesDiscovery:
             else:
                 items = (await api.list_cluster_custom_object(GROUP, VERSION, PLURAL))["items"]
         except Exception as error:  # API down: scrape what we knew
-            log.warning("cannot list Handlers (%s); keeping %d targets", error, len(self._targets))
+            log.warning("cannot list Handlers (%s); keeping %s", error, text.count(len(self._targets), "target"))
             return list(self._targets)
         pods = await self._pods(items)
         targets, curves = [], {}
