@@ -4,14 +4,17 @@ the real API server and a running operator."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pathlib
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_operator import apply, condition, eventually, get, handler_doc, schedule_doc, ticks
 from tests.support import controlplane, processes
@@ -107,3 +110,79 @@ def test_each_verb_of_the_plugin(
     refused = plugin(cluster, "backfill", "hourly", "-n", namespace, *year, check=False)
     assert refused.returncode == 1
     assert "more than 1000 times" in refused.stderr
+
+
+def requested_runs(port: int, trigger: str, outcome: str) -> float:
+    """``schedulezero_schedule_requested_runs_total`` as the operator's /metrics shows it, summed over Schedules."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "schedulezero_schedule_requested_runs_total"
+        and sample.labels.get("trigger") == trigger
+        and sample.labels.get("outcome") == outcome
+    )
+
+
+def test_a_backfill_written_with_plain_kubectl_annotate_runs_and_the_operator_itself_refuses_one_too_large(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    system_kubeconfigs: dict[str, pathlib.Path],
+    tmp_path: pathlib.Path,
+    probe_handler: processes.HandlerProcess,
+) -> None:
+    """The README's kubectl column for backfill, with no plugin: the operator alone reads and checks the annotation."""
+    port = controlplane.free_port()
+    running = Operator(
+        system_kubeconfigs["operator"], tmp_path / "operator.log", "--namespace", namespace, metrics_port=port
+    ).start()
+    try:
+        apply(cluster, namespace, handler_doc(probe_handler.endpoint),
+              schedule_doc("hourly", schedule="0 * * * *", successfulRunsHistoryLimit=10))  # fmt: skip
+        eventually(lambda: condition(get(cluster, namespace, "sched", "hourly"), "Ready")["status"] == "True")
+        top = datetime.datetime.now(datetime.UTC).replace(minute=0, second=0, microsecond=0)
+        first, last = top - datetime.timedelta(hours=3), top - datetime.timedelta(hours=1)
+        annotation = f'{{"from":"{first:%Y-%m-%dT%H:%M:%SZ}","to":"{last:%Y-%m-%dT%H:%M:%SZ}"}}'
+        cluster.kubectl(
+            "annotate", "sched", "hourly", "-n", namespace, f"schedulezero.io/backfill={annotation}", "--overwrite"
+        )
+        done = eventually(lambda: (b := get(cluster, namespace, "sched", "hourly")["status"].get("backfill"))
+                          and b["state"] == "Complete" and b)  # fmt: skip
+        assert (done["total"], done["done"]) == (3, 3)
+        expected = [f"{first + datetime.timedelta(hours=h):%Y-%m-%dT%H:%M:%S}Z" for h in range(3)]
+
+        def backfilled() -> list[str]:
+            seen = [datetime.datetime.fromisoformat(t["scheduled"]) for t in ticks(probe_handler, namespace, "hourly")]
+            return sorted(f"{moment:%Y-%m-%dT%H:%M:%S}Z" for moment in seen if moment < top)
+
+        assert backfilled() == expected
+        assert eventually(lambda: requested_runs(port, "backfill", "Succeeded") == 3)
+        assert requested_runs(port, "backfill", "Failed") == 0
+
+        # 1,001 hours: the plugin would refuse before writing; written with kubectl, the operator refuses it.
+        start = top - datetime.timedelta(hours=1001)
+        too_many = f'{{"from":"{start:%Y-%m-%dT%H:%M:%SZ}","to":"{last:%Y-%m-%dT%H:%M:%SZ}"}}'
+        cluster.kubectl(
+            "annotate", "sched", "hourly", "-n", namespace, f"schedulezero.io/backfill={too_many}", "--overwrite"
+        )
+        refused = eventually(lambda: (b := get(cluster, namespace, "sched", "hourly")["status"].get("backfill"))
+                             and b["state"] == "Refused" and b)  # fmt: skip
+        assert f"more than 1000 times between {start:%Y-%m-%dT%H:%M:%SZ} and" in refused["message"]
+        assert (refused["total"], refused["done"]) == (0, 0)
+        assert eventually(
+            lambda: [
+                e
+                for e in json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+                if e["reason"] == "BackfillRefused" and "more than 1000 times" in e["message"]
+            ]
+        )
+        cluster.kubectl("annotate", "sched", "hourly", "-n", namespace, "schedulezero.io/backfill-")  # removed
+        time.sleep(3)
+        assert backfilled() == expected  # nothing of the refused range ran
+        assert get(cluster, namespace, "sched", "hourly")["status"]["backfill"]["state"] == "Refused"
+        assert requested_runs(port, "backfill", "Succeeded") == 3
+    finally:
+        running.stop()
+        print(running.output()[-5000:])
