@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION = kubeapi.GROUP, kubeapi.VERSION
 
+CLOCK_SKEW = 1.0
+"""Seconds the clocks of two operator nodes may disagree by, when a new owner judges which caught-up times its
+predecessor may already have sent (and so marks as re-sends)."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ControllerSettings:
@@ -219,8 +223,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         if runtime.owns(namespace, name):
             if annotations.get(kubeapi.RUN_NOW_ANNOTATION):
                 runtime.engine.run_now(key, str(annotations[kubeapi.RUN_NOW_ANNOTATION]))
-            if annotations.get(kubeapi.BACKFILL_ANNOTATION):
-                runtime.engine.backfill(key, str(annotations[kubeapi.BACKFILL_ANNOTATION]))
+            backfill = annotations.get(kubeapi.BACKFILL_ANNOTATION)
+            runtime.engine.backfill(key, str(backfill) if backfill else None)  # None: cancels one still running
 
     @kopf.on.event(GROUP, VERSION, "handlers", id="handlers", registry=registry)
     async def handler_event(
@@ -343,7 +347,9 @@ async def _start(config: ControllerSettings) -> Runtime:
         status_sink=kubeapi.ScheduleStatusSink(api),
         events=_EngineEvents(uids, events),
         metrics=metrics,
-        settings=engine_.EngineSettings(status_interval=config.status_interval, startup_grace=10.0),
+        settings=engine_.EngineSettings(
+            status_interval=config.status_interval, startup_grace=10.0, identity=config.identity
+        ),
         owner=lambda key: runtime.owns(key.namespace, key.name),
         on_progress=checkpointer.changed,
         budget=budget,
@@ -393,7 +399,7 @@ async def _join(runtime: Runtime, config: ControllerSettings) -> None:
     await runtime.listing.wait(listed)
     await runtime.election.start(
         on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),
-        on_lost=lambda shard, why: _lost(runtime, shard, why),
+        on_lost=lambda shard, why: _lost(runtime, shard, why, lease_namespace=config.lease_namespace),
     )
 
 
@@ -413,14 +419,26 @@ async def _take_over(runtime: Runtime, shard: int, generation: int) -> None:
         return  # lost (and maybe acquired again) meanwhile: that acquisition takes over for itself
     runtime.taken[shard] = generation
     keys = runtime.checkpointer.keys(shard)
-    await runtime.engine.take_over(keys, progress)
+    until = runtime.elector.predecessor_until.get(shard)
+    # A margin for the clocks of two nodes: the previous holder sent a time only once its own clock reached it.
+    resend_until = None if until is None else datetime.datetime.fromtimestamp(until + CLOCK_SKEW, datetime.UTC)
+    await runtime.engine.take_over(keys, progress, resend_until=resend_until)
     runtime.checkpointer.adopted(shard)
     log.info("shard %d: took over %s (holding %s)", shard, text.count(len(keys), "Schedule"), runtime.elector.held())
 
 
-def _lost(runtime: Runtime, shard: int, why: str) -> None:
+def _lost(runtime: Runtime, shard: int, why: str, *, lease_namespace: str) -> None:
     """Says where the shard's Schedules fire now: at another replica only if another is alive."""
     runtime.ha_metrics.transitions.labels("lost").inc()
+    if election.edited(why):  # someone else wrote or deleted the Lease: an admin should know what it costs
+        name = f"{runtime.elector.settings.prefix}-shard-{shard}"
+        ref = kubeapi.ObjectRef("Lease", lease_namespace, name, "", api_version="coordination.k8s.io/v1")
+        message = (
+            f"shard {shard} dropped at once by {runtime.elector.identity}: {why}. Its Schedules fire again once "
+            f"a replica takes the Lease, {runtime.elector.settings.lease_duration:.0f} s after the change; "
+            "the runs due meanwhile are caught up then"
+        )
+        runtime.events.record(ref, warning=True, reason="ShardLeaseEdited", message=message)
     log.info("shard %d no longer ours (%s): %s", shard, why, _where_they_fire(runtime.elector.live_members))
 
 

@@ -88,6 +88,15 @@ class LeaseRecord:
     """The object's resourceVersion: the precondition of every update."""
 
 
+EDITED = "its Lease "
+"""How the reasons for dropping a shard begin when someone else deleted or wrote its Lease."""
+
+
+def edited(why: str) -> bool:
+    """Whether a shard was dropped because someone else deleted or wrote its Lease (``on_lost``'s reason)."""
+    return why.startswith(EDITED)
+
+
 class Conflict(Exception):
     """Another replica wrote the Lease first (HTTP 409), or created it first."""
 
@@ -141,6 +150,9 @@ class Elector:
         """Shards held, with the (monotonic) start of their last successful renew."""
         self.transitions = 0
         """Shards this replica took over from another holder or from nobody."""
+        self.predecessor_until: dict[int, float | None] = {}
+        """Per shard acquired, until when (Unix time) its previous holder may have sent runs: a new owner's
+        catch-up marks the times up to then as re-sends, which the handler's reply cache answers."""
         self.generation: dict[int, int] = {}
         """Per shard, which of this replica's acquisitions holds it now (the count of transitions then): the
         operator acts for a shard only once it has caught up on this very acquisition."""
@@ -269,17 +281,17 @@ class Elector:
         try:
             record = await self.store.get(name)
             if record is None:
-                self._drop(shard, "its Lease was deleted")
+                self._drop(shard, f"{EDITED}was deleted")
                 return
             if record.holder != self.identity:
-                self._drop(shard, f"its Lease names {record.holder or 'no holder'}")
+                self._drop(shard, f"{EDITED}names {record.holder or 'no holder'}")
                 return
             if record.version != self._written.get(shard):
-                self._drop(shard, "its Lease was changed by someone else")
+                self._drop(shard, f"{EDITED}was changed by someone else")
                 return
             renewed = await self.store.update(name, dataclasses.replace(record, renewed=self._wall()))
         except Conflict:  # written by someone else between the read and the write
-            self._drop(shard, "its Lease was changed by someone else")
+            self._drop(shard, f"{EDITED}was changed by someone else")
             return
         except Exception as error:
             log.warning("shard %d: renew failed: %s", shard, error)
@@ -293,6 +305,7 @@ class Elector:
         name = self._shard_name(shard)
         started = self.clock()
         wall = self._wall()
+        before = self._seen.get(name)
         try:
             record = await self.store.get(name)
             if record is None:
@@ -318,6 +331,7 @@ class Elector:
         except Exception as error:
             log.warning("shard %d: acquiring failed: %s", shard, error)
             return
+        self.predecessor_until[shard] = self._predecessor_until(before, record, started)
         self._seen[name] = _Seen(taken.version, self.clock())
         self._written[shard] = taken.version
         self.transitions += 1
@@ -326,6 +340,22 @@ class Elector:
         log.info("shard %d acquired (holding %s)", shard, sorted(self.renewed))
         if self.on_acquired is not None:
             self.on_acquired(shard)
+
+    def _predecessor_until(self, before: _Seen | None, record: LeaseRecord | None, started: float) -> float | None:
+        """Until when (Unix time) the shard's previous holder may have sent runs, or None if it had none.
+
+        A holder acts only while its last renew, begun before this replica saw
+        that renew's version, is younger than the renew deadline; one that
+        released the Lease stopped acting before it wrote the release. Judged
+        on this replica's clock, from when it first saw the Lease as it is now.
+        """
+        if record is not None and not record.holder:
+            at = before.at if before is not None else started
+            return time.time() - (self.clock() - at)
+        if record is None and before is None:
+            return None  # never seen, never there: a first holder
+        at = before.at if before is not None else started
+        return time.time() - (self.clock() - at) + self.settings.renew_deadline
 
     def _as_left(self, shard: int, record: LeaseRecord) -> bool:
         """Whether the Lease is just as this replica last wrote it, holding it: nobody else acted on it since."""

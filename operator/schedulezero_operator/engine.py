@@ -20,6 +20,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import time
@@ -47,6 +48,12 @@ UTC = datetime.UTC
 MAX_BACKFILL = 1000
 """Nominal times one backfill request may run; a larger range is refused, naming the bound."""
 
+MAX_BACKFILL_REQUEST = 512
+"""Characters a backfill annotation may hold; a longer one is refused without being parsed."""
+
+MAX_RUN_NOW_TOKEN = 128
+"""Characters a run-now token may have: the token is kept in status, so a longer one is refused."""
+
 BURST_BATCH = 256
 """Due Schedules looked at per turn of the event loop: in a burst, a batch's calls are sent before the next."""
 
@@ -68,6 +75,8 @@ class EngineSettings:
     startup_grace: float = 0.0
     """After start, how long a run waits for its Handler to be seen. The operator sets it: watches
     deliver Schedules and Handlers in no fixed order, so a catch-up run may come before its Handler."""
+    identity: str | None = None
+    """This replica's name, sent with every call: a handler's journal then says who delivered each run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +86,8 @@ class Progress:
     last_scheduled: datetime.datetime | None
     """The latest nominal time started (or judged missed or skipped)."""
     in_flight: tuple[datetime.datetime, ...] = ()
-    """Nominal times of scheduled runs still in flight: a new owner re-sends them under the same run ids."""
+    """Nominal times of scheduled runs still in flight, or owed and waiting their turn in a catch-up: a new
+    owner runs them under the same run ids."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +125,15 @@ class ScheduleState:
     unowned_since: datetime.datetime | None = None
     """The first time due while this engine did not own the Schedule, since it last fired it: a takeover
     catches up from there when neither status nor checkpoint says the Schedule ever ran."""
+    owed: collections.deque[datetime.datetime] = dataclasses.field(default_factory=collections.deque)
+    """Scheduled times waiting their turn in the chain: missed times a catch-up runs, and times that came
+    due while an owed run was active (under Forbid and Replace they wait rather than being skipped)."""
+    backfill_times: collections.deque[datetime.datetime] = dataclasses.field(default_factory=collections.deque)
+    """A backfill's times not started yet; they run in the chain after any owed scheduled time."""
+    chain: asyncio.Task[None] | None = None
+    """The task running ``owed`` and ``backfill_times`` one after another, while there are any."""
+    resend: set[datetime.datetime] = dataclasses.field(default_factory=set)
+    """Owed times that a previous owner left in flight: sent again, and marked so in the call."""
 
     @property
     def suspended(self) -> bool:
@@ -319,44 +338,79 @@ class Engine:
         self.metrics.forget(key.namespace, key.name)
 
     def run_now(self, key: ScheduleKey, token: str) -> bool:
-        """Runs once now for a new token (schedulezero.io/run-now); False if the token was seen already."""
+        """Runs once now for a new token (schedulezero.io/run-now); False if the token was seen already.
+
+        A token longer than ``MAX_RUN_NOW_TOKEN`` is refused, once: it would be
+        copied into every later status write.
+        """
         state = self._schedules.get(key)
-        if state is None or not token or token == state.history.last_run_now_token:
+        if state is None or not token:
             return False
-        state.history.last_run_now_token = token
-        self._due(state, utcnow(), run_id=runs.manual_run_id(state.uid, token), manual=True)
+        seen = _annotation_key(token, MAX_RUN_NOW_TOKEN)
+        if seen == state.history.last_run_now_token:
+            return False
+        state.history.last_run_now_token = seen
         self._writer.mark(key)
+        if len(token) > MAX_RUN_NOW_TOKEN:
+            why = f"run-now token of {len(token)} characters, more than the {MAX_RUN_NOW_TOKEN} allowed: not run"
+            self._event(key, warning=True, reason="RunNowRefused", message=why)
+            return False
+        self._due(state, utcnow(), run_id=runs.manual_run_id(state.uid, token), manual=True)
         return True
 
-    def backfill(self, key: ScheduleKey, request: str) -> bool:
+    def backfill(self, key: ScheduleKey, request: str | None) -> bool:
         """Runs the nominal times of a past range (schedulezero.io/backfill: JSON ``{"from", "to"}``).
 
         Each time runs under the run id it had, so a handler that still keeps its
-        reply answers from its cache; one after another, or all at once under
-        concurrencyPolicy Allow. The same request again does nothing. Progress
-        is in ``status.backfill``. False when nothing was started.
+        reply answers from its cache. They run in the Schedule's chain: one after
+        another, or all at once under concurrencyPolicy Allow, and a scheduled time
+        that comes due meanwhile goes first, so a backfill never holds back the
+        Schedule's own runs. Only past times: a range reaching beyond now is
+        refused. The same request again does nothing, whether it ran, runs or was
+        refused; None (the annotation removed) cancels a backfill still running.
+        Progress is in ``status.backfill``. False when nothing was started.
         """
         state = self._schedules.get(key)
         if state is None or state.trigger is None:
             return False
+        known = state.history.backfill or {}
+        if request is None:
+            if known.get("state") == "Running":
+                self._cancel_backfill(state)
+            return False
+        seen = _annotation_key(request, MAX_BACKFILL_REQUEST)
+        again = known.get("request") == seen if "request" in known else _same_range(known, request)
+        if again and known.get("state") != "Cancelled":
+            return False  # asked again: done, running or refused already
+        progress: dict[str, Any] = {"request": seen}
+        if len(request) > MAX_BACKFILL_REQUEST:
+            why = f"a backfill request of {len(request)} characters, more than the {MAX_BACKFILL_REQUEST} allowed"
+            return self._backfill_refused(state, progress, why)
         try:
             asked = json.loads(request)
             start, end = triggers.parse_time(asked["from"], "from"), triggers.parse_time(asked["to"], "to")
         except (ValueError, KeyError, TypeError, InvalidSchedule) as error:
-            return self._backfill_refused(state, {}, f"not a backfill request {request!r:.200}: {error}")
-        known = state.history.backfill or {}
-        if (known.get("from"), known.get("to")) == (asked["from"], asked["to"]):
-            return False  # asked again: done, running or refused already
-        progress = {"from": asked["from"], "to": asked["to"]}
+            why = f"not a backfill request {request!r:.200}: {error}"
+            return self._backfill_refused(state, progress, why + ' (expected {"from": TIME, "to": TIME})')
+        progress.update({"from": asked["from"], "to": asked["to"]})
         if end < start:
             return self._backfill_refused(state, progress, "to is before from")
+        now = utcnow()
+        if end > now:
+            why = (
+                f"to ({asked['to']}) is in the future: a backfill runs past times only, and times from now on "
+                f"run on schedule; end the range before {status.rfc3339(now)}"
+            )
+            return self._backfill_refused(state, progress, why)
         times = triggers.fire_times(state.trigger, start - datetime.timedelta(microseconds=1), end, MAX_BACKFILL + 1)
         if len(times) > MAX_BACKFILL:
             why = f"more than {MAX_BACKFILL} times between {asked['from']} and {asked['to']}: split the range"
             return self._backfill_refused(state, progress, why)
+        state.backfill_times.clear()
+        state.backfill_times.extend(times)
         state.history.backfill = {**progress, "total": len(times), "done": 0, "state": "Running"}
         self._writer.mark(key)
-        self._spawn(self._backfill(state, times))
+        self._run_chain(state)
         return True
 
     def _backfill_refused(self, state: ScheduleState, progress: dict[str, Any], why: str) -> bool:
@@ -365,29 +419,35 @@ class Engine:
         self._writer.mark(state.key)
         return False
 
-    async def _backfill(self, state: ScheduleState, times: list[datetime.datetime]) -> None:
+    def _cancel_backfill(self, state: ScheduleState) -> None:
+        """The backfill annotation was removed: no further time of it starts; one in flight finishes."""
         progress = state.history.backfill
         assert progress is not None
-        for batch in [times] if state.policy == "Allow" else [[nominal] for nominal in times]:
-            started = [self._start(state, nominal, trigger="backfill") for nominal in batch]
-            if not self._owns(state.key) or self._schedules.get(state.key) is not state:
-                progress["state"] = "Interrupted"  # its new owner does not resume it
-                break
-            tasks = [run.task for run in started if run is not None and run.task is not None]
-            if tasks:
-                await asyncio.wait(tasks)
-            progress["done"] += len(batch)  # a time whose scheduled run was in flight counts as done
-            self._writer.mark(state.key)
-        else:
-            progress["state"] = "Complete"
+        state.backfill_times.clear()
+        in_flight = sum(1 for run in state.active.values() if run.trigger == "backfill")
+        progress["state"] = "Cancelled"
+        progress["message"] = (
+            f"cancelled (annotation removed) after {progress.get('done', 0)} of {progress.get('total', 0)} times"
+            + (f"; {_count(in_flight, 'run')} in flight at the cancel finishing" if in_flight else "")
+        )
+        self._event(state.key, warning=False, reason="BackfillCancelled", message=progress["message"])
         self._writer.mark(state.key)
 
-    async def take_over(self, keys: list[ScheduleKey], checkpoint: dict[str, Progress]) -> None:
+    async def take_over(
+        self,
+        keys: list[ScheduleKey],
+        checkpoint: dict[str, Progress],
+        *,
+        resend_until: datetime.datetime | None = None,
+    ) -> None:
         """This engine now owns ``keys`` (a shard acquired): catches each up as after a restart.
 
         It starts from the newer of the Schedule's status and ``checkpoint``
         (Progress by Schedule uid), and runs again, under the same run ids, the
-        runs either shows in flight. Thousands of Schedules are taken in
+        runs either shows in flight. ``resend_until`` is when the previous holder
+        may last have sent a run (its fencing deadline, as the election judges
+        it): a caught-up time up to then may have reached the handler already,
+        after the last checkpoint, so it goes out marked as a re-send. Thousands of Schedules are taken in
         batches, returning to the loop in between: their runs start sending
         meanwhile, and nothing else waits for the whole shard.
         """
@@ -420,7 +480,8 @@ class Engine:
             if state.invalid is not None:  # a new owner reports what its predecessor (or nobody yet) did
                 self._event(key, warning=True, reason="InvalidSchedule", message=state.invalid)
             elif state.trigger is not None and not state.suspended:
-                self._catch_up(state, level=logging.DEBUG)  # one line per shard instead, from the caller
+                # one line per shard instead, from the caller
+                self._catch_up(state, level=logging.DEBUG, resend_until=resend_until)
                 self._schedule_next(state, after=utcnow())
             self._refresh(state)
 
@@ -429,8 +490,8 @@ class Engine:
         state = self._schedules.get(key)
         if state is None:
             return None
-        in_flight = tuple(run.nominal for run in state.active.values() if run.id == runs.run_id(state.uid, run.nominal))
-        return state.uid, Progress(state.history.last_schedule_time, in_flight)
+        in_flight = [run.nominal for run in state.active.values() if run.id == runs.run_id(state.uid, run.nominal)]
+        return state.uid, Progress(state.history.last_schedule_time, tuple(sorted({*in_flight, *state.owed})))
 
     # -- outputs ------------------------------------------------------------------
 
@@ -520,7 +581,9 @@ class Engine:
         if state.next_run_time is None:
             self._refresh(state)
 
-    def _catch_up(self, state: ScheduleState, *, level: int = logging.INFO) -> None:
+    def _catch_up(
+        self, state: ScheduleState, *, level: int = logging.INFO, resend_until: datetime.datetime | None = None
+    ) -> None:
         """Applies catchUpPolicy to the times missed since lastScheduleTime."""
         assert state.trigger is not None
         last = state.history.last_schedule_time
@@ -562,18 +625,69 @@ class Engine:
                 message=f"{_count(not_run, 'run')} missed since {status.rfc3339(last)}, of {total} due; "
                 f"catchUpPolicy {policy} runs {len(to_run) - len(unfinished)} of them",
             )
-        if len(to_run) == 1:
-            self._start(state, to_run[0])
+        resend = {*unfinished, *(t for t in to_run if resend_until is not None and t <= resend_until)}
+        if len(to_run) == 1 and not state.active and not state.owed:
+            self._start(state, to_run[0], resent=to_run[0] in resend, owed=policy == "All")
         elif to_run:
-            self._spawn(self._run_in_order(state, to_run))
+            state.resend.update(resend)
+            state.owed.extend(to_run)
+            self._progressed(state.key)
+            self._run_chain(state)
 
-    async def _run_in_order(self, state: ScheduleState, nominals: list[datetime.datetime]) -> None:
-        for nominal in nominals:
-            if self._schedules.get(state.key) is not state:
-                return
-            run = self._start(state, nominal)
-            if run is not None and run.task is not None:
-                await asyncio.wait([run.task])
+    def _owed_active(self, state: ScheduleState) -> bool:
+        """Whether a run the Schedule owes (a catch-up's under All, a backfill's) is active now."""
+        return any(run.owed for run in state.active.values())
+
+    def _run_chain(self, state: ScheduleState) -> None:
+        """Starts the Schedule's chain unless it runs already."""
+        if state.chain is None or state.chain.done():
+            state.chain = self._spawn(self._chain(state))
+
+    async def _chain(self, state: ScheduleState) -> None:
+        """Runs a Schedule's owed times one at a time: owed scheduled times first, then a backfill's.
+
+        Under Forbid and Replace a run of the chain waits for the runs already
+        active, so two runs never overlap; under Allow a backfill's times start
+        all at once. The chain stops when this replica no longer owns the
+        Schedule: owed scheduled times are in its checkpoint, and its new owner
+        runs them; a backfill is marked Interrupted.
+        """
+        key = state.key
+        while self._schedules.get(key) is state and (state.owed or state.backfill_times):
+            if not self._owns(key):
+                break
+            waiting = [run.task for run in state.active.values() if run.task is not None]
+            if waiting and state.policy != "Allow":
+                await asyncio.wait(waiting)
+                continue
+            if state.owed:
+                nominal = state.owed.popleft()
+                resent = nominal in state.resend
+                state.resend.discard(nominal)
+                run = self._start(state, nominal, resent=resent, owed=True)
+                started = [run] if run is not None else []
+                self._progressed(key)
+                backfilled = 0
+            else:
+                batch = list(state.backfill_times) if state.policy == "Allow" else [state.backfill_times[0]]
+                for _ in batch:
+                    state.backfill_times.popleft()
+                started = [r for r in (self._start(state, t, trigger="backfill", owed=True) for t in batch) if r]
+                backfilled = len(batch)
+            tasks = [run.task for run in started if run.task is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+            if backfilled and state.history.backfill is not None:
+                state.history.backfill["done"] = int(state.history.backfill.get("done") or 0) + backfilled
+                self._writer.mark(key)
+        progress = state.history.backfill
+        if progress is not None and progress.get("state") == "Running":
+            if state.backfill_times:  # its new owner does not resume it
+                progress["state"] = "Interrupted"
+                state.backfill_times.clear()
+            else:
+                progress["state"] = "Complete"
+            self._writer.mark(key)
 
     def _due(
         self, state: ScheduleState, nominal: datetime.datetime, *, run_id: uuid.UUID | None = None, manual: bool = False
@@ -592,6 +706,13 @@ class Engine:
                 reason="MissedSchedule",
                 message=f"run of {status.rfc3339(nominal)} missed its deadline",
             )
+            return
+        if state.active and state.policy != "Allow" and not manual and self._owed_active(state):
+            # A catch-up (under All) or a backfill owes these times: one due now waits its turn rather
+            # than being skipped, and runs before any backfill time still waiting.
+            state.owed.append(nominal)
+            self._progressed(state.key)
+            self._run_chain(state)
             return
         if state.active:
             if state.policy == "Forbid":
@@ -613,6 +734,7 @@ class Engine:
         handler = self._handlers.get((state.key.namespace, str(state.spec.get("handler"))))
         for run in list(state.active.values()):
             if run.task is not None:
+                run.cancelled = "replaced by a newer run (concurrencyPolicy Replace)"
                 run.task.cancel()
             endpoint = handler.route(run.id.bytes, down=self.client.is_down) if handler is not None else None
             if endpoint is not None:
@@ -631,6 +753,8 @@ class Engine:
         *,
         run_id: uuid.UUID | None = None,
         trigger: str = "schedule",
+        resent: bool = False,
+        owed: bool = False,
     ) -> runs.Run | None:
         identity = run_id or runs.run_id(state.uid, nominal)
         if identity in state.active or not self._owns(state.key):
@@ -648,6 +772,8 @@ class Engine:
             retry_until=following if state.policy != "Allow" and trigger != "backfill" else None,
             delay=max(0.0, (target - utcnow()).total_seconds()),
             trigger=trigger,
+            resent=resent,
+            owed=owed,
         )
         run.task = asyncio.get_running_loop().create_task(self._carry(state, run, self._plan(state)))
         state.active[identity] = run
@@ -666,6 +792,8 @@ class Engine:
             return info.route(run_id, down=self.client.is_down) if info is not None else None
 
         return runs.CallPlan(
+            owns=lambda: self._owns(state.key),
+            sender=self.settings.identity,
             route=route,
             exists=lambda: handler_key in self._handlers,
             handler_wait=max(0.0, self._started + self.settings.startup_grace - time.monotonic()),
@@ -689,6 +817,13 @@ class Engine:
             if run.interrupted is None:
                 raise
             self._writer.mark(state.key)  # shows it in active as interrupted
+            return None
+        except runs.Fenced as fenced:
+            # Not recorded here: this replica may no longer write the Schedule's status. The new owner
+            # re-sends the run if the last checkpoint had it in flight, or judges its time by catchUpPolicy.
+            state.active.pop(run.id, None)
+            self.metrics.fenced_sends.inc()
+            log.info("%s; left to the new owner", fenced)
             return None
         if not self._drained.is_set():  # a burst's calls go out first; the records can wait
             await self._drained.wait()
@@ -756,22 +891,34 @@ class Engine:
         self._writer.mark(state.key)
 
     def _readiness(self, state: ScheduleState, completed: tuple[str, str] | None) -> tuple[str, str, str]:
-        """Whether the Schedule can run as specified; a suspension is its own condition, not a reason."""
+        """Whether the Schedule can run as specified; a suspension is its own condition, not a reason.
+
+        Ready is a report, not a gate: while the Handler is missing, unreachable or
+        refuses the method or params, runs still fire and fail with the handler's
+        error (the probe that judged may be seconds old), and the message says so.
+        A Schedule whose times have all come and gone after it ran is Ready and
+        Completed; one none of whose times ever came is not Ready.
+        """
         if state.invalid is not None:
             return "False", "InvalidSchedule", state.invalid
         handler, method = str(state.spec.get("handler")), str(state.spec.get("method"))
         info = self._handlers.get((state.key.namespace, handler))
+        meanwhile = "; runs still fire, and fail, until it is fixed" if completed is None else ""
         if info is None:
-            return "False", "HandlerNotFound", f"Handler {handler!r} not found in namespace {state.key.namespace!r}"
+            where = f"Handler {handler!r} not found in namespace {state.key.namespace!r}"
+            return "False", "HandlerNotFound", where + meanwhile
         if info.reachable is False:
-            return "False", "HandlerUnreachable", f"Handler {handler!r} did not answer its last probe"
+            return "False", "HandlerUnreachable", f"Handler {handler!r} did not answer its last probe" + meanwhile
         if info.methods is not None and method not in info.methods:
             exposed = ", ".join(sorted(info.methods)) or "none"
-            return "False", "MethodNotFound", f"Handler {handler!r} does not expose {method!r} (exposes: {exposed})"
+            why = f"Handler {handler!r} does not expose {method!r} (exposes: {exposed})"
+            return "False", "MethodNotFound", why + meanwhile
         rejected = _params_rejected(dict(state.spec.get("params") or {}), (info.params or {}).get(method))
         if rejected is not None:
-            return "False", "InvalidParams", f"{method}: {rejected}"
+            return "False", "InvalidParams", f"{method}: {rejected}" + meanwhile
         if completed is not None:
+            if state.history.last_schedule_time is not None or any(state.history.counters.values()):
+                return "True", "Completed", f"every time has come and gone: {completed[1]}"
             return "False", *completed
         if state.suspended:
             return "True", "Scheduled", "suspended: runs resume when spec.suspend is false"
@@ -812,10 +959,11 @@ class Engine:
         if self._on_progress is not None:
             self._on_progress(key)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _always(key: ScheduleKey) -> bool:
@@ -837,6 +985,22 @@ def _params_rejected(params: dict[str, Any], declared: tuple[Mapping[str, Any], 
             takes = ", ".join(sorted(names)) or "none"
             return f"spec.params has {unexpected[0]!r}, which the method does not take (takes: {takes})"
     return None
+
+
+def _annotation_key(value: str, limit: int) -> str:
+    """What status keeps of an annotation's value to know it again: the value, or a digest if too long."""
+    if len(value) <= limit:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode(errors="surrogatepass")).hexdigest()
+
+
+def _same_range(known: dict[str, Any], request: str) -> bool:
+    """Whether a status written before requests were kept names the same range as ``request``."""
+    try:
+        asked = json.loads(request)
+        return isinstance(asked, dict) and (known.get("from"), known.get("to")) == (asked.get("from"), asked.get("to"))
+    except ValueError:
+        return False
 
 
 def _count(number: int, noun: str) -> str:

@@ -131,8 +131,18 @@ async def suspend(session: Session, args: argparse.Namespace) -> str:
 
 
 async def backfill(session: Session, args: argparse.Namespace) -> str:
-    """Checks the range here first, with the Schedule's own trigger: a refusal is said at once."""
+    """Checks the range here first, with the Schedule's own trigger: a refusal is said at once.
+
+    ``--cancel`` removes the annotation instead: no further time of the backfill starts.
+    """
     schedule = await session.get("schedules", args.name)
+    if args.cancel:
+        if kubeapi.BACKFILL_ANNOTATION not in (schedule["metadata"].get("annotations") or {}):
+            return f"schedule.schedulezero.io/{args.name} in {session.namespace}: no backfill requested (unchanged)"
+        await session.patch("schedules", args.name, {"metadata": {"annotations": {kubeapi.BACKFILL_ANNOTATION: None}}})
+        return f"schedule.schedulezero.io/{args.name} in {session.namespace}: backfill cancelled"
+    if args.start is None or args.end is None:
+        raise PluginError("backfill needs --from and --to (or --cancel)")
     try:
         start, end = triggers.parse_time(args.start, "--from"), triggers.parse_time(args.end, "--to")
         created = triggers.parse_time(schedule["metadata"]["creationTimestamp"], "creationTimestamp")
@@ -141,6 +151,12 @@ async def backfill(session: Session, args: argparse.Namespace) -> str:
         raise PluginError(str(error)) from None
     if end < start:
         raise PluginError("--to is before --from")
+    now = datetime.datetime.now(datetime.UTC)
+    if end > now:
+        raise PluginError(
+            f"--to {args.end} is in the future: a backfill runs past times only, and times from now on run on "
+            f"schedule; end the range before {now:%Y-%m-%dT%H:%M:%SZ}"
+        )
     times = triggers.fire_times(trigger, start - datetime.timedelta(microseconds=1), end, engine.MAX_BACKFILL + 1)
     if len(times) > engine.MAX_BACKFILL:
         raise PluginError(
@@ -302,8 +318,9 @@ def parser() -> argparse.ArgumentParser:
     verb("resume", suspend, "resume a suspended Schedule from its next time").add_argument("name")
     filling = verb("backfill", backfill, "run the nominal times of a past range, each under its own run id")
     filling.add_argument("name")
-    filling.add_argument("--from", dest="start", required=True, help="first time, RFC 3339 (2026-11-01T00:00:00Z)")
-    filling.add_argument("--to", dest="end", required=True, help="last time, RFC 3339")
+    filling.add_argument("--from", dest="start", help="first time, RFC 3339 (2026-11-01T00:00:00Z)")
+    filling.add_argument("--to", dest="end", help="last time, RFC 3339, not after now")
+    filling.add_argument("--cancel", action="store_true", help="stop the backfill running: no further time starts")
     history = verb("runs", runs, "the run history: of one Schedule, or of all in the namespace (-A: everywhere)")
     history.add_argument("name", nargs="?")
     history.add_argument("-A", "--all-namespaces", action="store_true", help="Schedules of every namespace")

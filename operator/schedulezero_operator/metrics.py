@@ -80,6 +80,12 @@ class OperatorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.fenced_sends = Counter(
+            "schedulezero_fenced_sends",
+            "Attempts not sent because this replica could no longer prove it owned the Schedule's shard "
+            "(its last renew older than the renew deadline): the run is left to the shard's new owner.",
+            registry=self.registry,
+        )
         self.status_writes = Counter(
             "schedulezero_status_writes", "Schedule status writes (coalesced runs).", registry=self.registry
         )

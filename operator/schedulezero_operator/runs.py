@@ -78,6 +78,19 @@ def jitter(run: uuid.UUID, *, max_seconds: float, room: float | None) -> float:
     return random.Random(run.bytes).uniform(0.0, bound)
 
 
+class Fenced(Exception):
+    """An attempt was due but this replica can no longer prove it owns the run's Schedule: not sent.
+
+    Raised just before a send, after whatever the run waited for (its jitter, a backoff, a Busy
+    handler, the Handler to appear): a replica paused or cut off during that wait has lost its
+    shard to a new owner, which runs the Schedule from then on.
+    """
+
+
+def _always() -> bool:
+    return True
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CallPlan:
     """What to call for a run, resolved from the Schedule and its Handler when the run starts."""
@@ -94,6 +107,10 @@ class CallPlan:
     params: dict[str, Any]
     timeout: float
     retry: client_.RetryPolicy
+    owns: Callable[[], bool] = _always
+    """Whether this replica owns the Schedule now: asked immediately before every send of every attempt."""
+    sender: str | None = None
+    """This replica's identity, sent in every call's header for the handler's log and journal."""
 
 
 @dataclasses.dataclass
@@ -111,8 +128,15 @@ class Run:
     task: asyncio.Task[status.RunRecord | None] | None = None
     interrupted: str | None = None
     """Why the engine stopped the run unfinished: it stays in ``active`` and runs again on resumption."""
+    cancelled: str | None = None
+    """Why the engine cancelled the run (a newer run replaced it, a backfill was called off): its record's message."""
     trigger: str = "schedule"
     """What started it: its schedule, ``run-now`` or ``backfill``."""
+    resent: bool = False
+    """A run a previous owner left in flight, sent again under its run id (the header says so)."""
+    owed: bool = False
+    """A run the Schedule owes (a catch-up's under catchUpPolicy All, a backfill's): a time that comes due
+    while it is active waits its turn rather than being skipped or replacing it."""
 
     def render(self) -> dict[str, Any]:
         rendered: dict[str, Any] = {"runId": str(self.id), "scheduledTime": status.rfc3339(self.nominal)}
@@ -141,29 +165,32 @@ async def execute(
 ) -> status.RunRecord:
     """Runs the attempts and returns the record, whatever happens on the way.
 
-    Cancellation yields a Cancelled record (concurrencyPolicy Replace), unless
-    the run was interrupted (the engine stopping): then it propagates, and the
-    run stays unrecorded. Any other exception fails the run with a record that
-    names it: no error on a run's path may leave the run active for good.
+    Cancellation yields a Cancelled record (``run.cancelled`` says why), also
+    while the run still waits for its first attempt; an interrupted run (the
+    engine stopping) propagates the cancellation and stays unrecorded, as does
+    a fenced one (``Fenced``: its Schedule's new owner runs it). Any other
+    exception fails the run with a record that names it: no error on a run's
+    path may leave the run active for good.
     """
-    if run.delay:
-        await asyncio.sleep(run.delay)
-    run.start_time = _now()
-    metrics.fire_lateness.observe(max(0.0, (run.start_time - run.nominal).total_seconds() - run.delay))
     record = status.RunRecord(
         run_id=str(run.id),
         scheduled_time=run.nominal,
         outcome=status.Outcome.FAILED,
-        start_time=run.start_time,
         trigger=run.trigger,
     )
     try:
+        if run.delay:
+            await asyncio.sleep(run.delay)
+        record.start_time = run.start_time = _now()
+        metrics.fire_lateness.observe(max(0.0, (run.start_time - run.nominal).total_seconds() - run.delay))
         await _attempts(run, plan, record, client=client, metrics=metrics, on_attempt=on_attempt)
     except asyncio.CancelledError:
         if run.interrupted is not None:
             raise
         record.outcome = status.Outcome.CANCELLED
-        record.error = {"type": "Cancelled", "message": "replaced by a newer run (concurrencyPolicy Replace)"}
+        record.error = {"type": "Cancelled", "message": run.cancelled or "cancelled"}
+    except Fenced:
+        raise
     except Exception as error:
         log.exception("run %s of %s failed unexpectedly", run.id, run.schedule)
         record.outcome = status.Outcome.FAILED
@@ -192,6 +219,8 @@ async def _attempts(
     # and tries again, for as long as the method's own timeout, and such refusals do not use up attempts.
     busy, busy_until = 0, loop.time() + plan.timeout
     while True:
+        if not plan.owns():  # fencing at the last moment: after every wait, before every send
+            raise Fenced(f"run {run.id} of {run.schedule}: its shard is no longer provably owned")
         run.attempt += 1
         if on_attempt is not None:
             on_attempt()
@@ -203,6 +232,8 @@ async def _attempts(
             attempt=run.attempt,
             schedule=run.schedule,
             scheduled_time=nominal,
+            sender=plan.sender,
+            resent=run.resent,
         )
         started = loop.time()
         try:

@@ -6,11 +6,18 @@ import contextlib
 import selectors
 import socket
 import threading
+import time
 
 
 class Proxy:
-    """Forwards 127.0.0.1:``port`` to ``target``; ``cut`` blackholes it (connections open but silent,
-    as behind a failed network link), ``heal`` forwards again."""
+    """Forwards 127.0.0.1:``port`` to ``target``; ``cut`` blackholes it, as a failed network link does,
+    ``heal`` forwards again.
+
+    While cut, nothing is closed or refused: established connections stay open
+    but carry nothing in either direction (no FIN, no RST: packets simply stop,
+    and what was sent waits, as TCP's retransmissions would), and new ones are
+    accepted and never answered. Healed, the established connections carry on.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -24,20 +31,26 @@ class Proxy:
         self._thread.start()
 
     def cut(self) -> None:
-        """Drops every connection, and blackholes new ones until healed."""
+        """Stops every byte, on established connections and new ones alike, until healed."""
+        self._cut.set()
+
+    def heal(self) -> None:
+        self._cut.clear()
+
+    @property
+    def established(self) -> int:
+        """Connections open through the proxy (each a pair of sockets), blackholed ones included."""
+        with self._lock:
+            return len(self._connections) // 2
+
+    def close(self) -> None:
+        self._stop.set()
         self._cut.set()
         with self._lock:
             for connection in self._connections:
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
             self._connections.clear()
-
-    def heal(self) -> None:
-        self._cut.clear()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.cut()
         self._listener.close()
 
     def _accept(self) -> None:
@@ -72,10 +85,20 @@ class Proxy:
                     return
 
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            self._forward(a, b)
+        finally:
+            with self._lock:
+                self._connections = [c for c in self._connections if c is not a and c is not b]
+
+    def _forward(self, a: socket.socket, b: socket.socket) -> None:
         with selectors.DefaultSelector() as selector, a, b:
             selector.register(a, selectors.EVENT_READ, b)
             selector.register(b, selectors.EVENT_READ, a)
-            while not self._cut.is_set():
+            while not self._stop.is_set():
+                if self._cut.is_set():  # read nothing, send nothing: the kernel buffers fill, the peers wait
+                    time.sleep(0.05)
+                    continue
                 for key, _ in selector.select(timeout=0.5):
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:
