@@ -321,9 +321,10 @@ class Engine:
             # After a restart, the times the operator was away are caught up per catchUpPolicy. After a
             # suspension they are not runs at all: not missed, not run, and no Warning.
             restarted = first_seen and state.history.last_schedule_time is not None
+            now = utcnow()
             if restarted and self._owns(key):
-                self._catch_up(state)
-            self._schedule_next(state, after=utcnow())
+                self._catch_up(state, now=now)
+            self._schedule_next(state, after=now)
         self._refresh(state)
         return None
 
@@ -481,8 +482,9 @@ class Engine:
                 self._event(key, warning=True, reason="InvalidSchedule", message=state.invalid)
             elif state.trigger is not None and not state.suspended:
                 # one line per shard instead, from the caller
-                self._catch_up(state, level=logging.DEBUG, resend_until=resend_until)
-                self._schedule_next(state, after=utcnow())
+                now = utcnow()
+                self._catch_up(state, now=now, level=logging.DEBUG, resend_until=resend_until)
+                self._schedule_next(state, after=now)
             self._refresh(state)
 
     def progress(self, key: ScheduleKey) -> tuple[str, Progress] | None:
@@ -582,14 +584,23 @@ class Engine:
             self._refresh(state)
 
     def _catch_up(
-        self, state: ScheduleState, *, level: int = logging.INFO, resend_until: datetime.datetime | None = None
+        self,
+        state: ScheduleState,
+        *,
+        now: datetime.datetime,
+        level: int = logging.INFO,
+        resend_until: datetime.datetime | None = None,
     ) -> None:
-        """Applies catchUpPolicy to the times missed since lastScheduleTime."""
+        """Applies catchUpPolicy to the times missed since lastScheduleTime, up to ``now``.
+
+        The caller schedules the next time after the very same ``now``: a time
+        falling between two readings of the clock would be neither caught up nor
+        fired, and lost for good.
+        """
         assert state.trigger is not None
         last = state.history.last_schedule_time
         if last is None:
             return
-        now = utcnow()
         recorded = {run.run_id for run in state.history.runs}
         # Runs in flight when the operator stopped were started, not missed: they run again whatever
         # the policy, under the same run ids, so a handler that finished them answers from its cache.

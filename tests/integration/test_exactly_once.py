@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import itertools
 import pathlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -341,3 +342,28 @@ async def test_a_run_now_token_too_long_is_refused_once_and_not_kept(replica: Re
     assert replica.sink.reasons(key) == ["RunNowRefused"]
     assert len(rendered(replica.engine, key)["lastRunNowToken"]) < 100
     assert handler.runs(key) == {}
+
+
+async def test_a_catch_up_on_a_slow_machine_loses_no_time_between_its_clock_readings(
+    replica: Replica, handler: Journalled, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up runs the times up to now and schedules the next one after now: if the machine stalls
+    between two readings of the clock, a time falling between them must still run."""
+    key = new_key()
+    created = grid_second() - datetime.timedelta(seconds=60)
+    stopped = grid_second() - datetime.timedelta(seconds=3)
+    real = engine_.utcnow
+
+    def stalling() -> datetime.datetime:  # every reading of the clock costs a second and a bit
+        time.sleep(1.1)
+        return real()
+
+    monkeypatch.setattr(engine_, "utcnow", stalling)
+    spec = {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "All"}
+    apply(replica.engine, key, spec, created=created, status_={"lastScheduleTime": stopped.isoformat()})
+    monkeypatch.setattr(engine_, "utcnow", real)
+    until = grid_second() + datetime.timedelta(seconds=2)
+    expected = [stopped + datetime.timedelta(seconds=i) for i in range(1, int((until - stopped).total_seconds()) + 1)]
+    await eventually(lambda: set(expected) <= set(handler.nominals(key)), timeout=30)
+    assert not deliveries.double_fired(handler.runs(key))
+    replica.engine.remove_schedule(key)
