@@ -192,6 +192,8 @@ class ObjectRef:
     namespace: str
     name: str
     uid: str
+    api_version: str = API_VERSION
+    """The object's group and version: a Schedule's or a Handler's, but for the election's own Leases."""
 
 
 class EventRecorder:
@@ -237,7 +239,7 @@ class EventRecorder:
         event = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
             involved_object=k8s.V1ObjectReference(
-                api_version=API_VERSION, kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid
+                api_version=ref.api_version, kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid
             ),
             reason=reason,
             message=message[:1024],
