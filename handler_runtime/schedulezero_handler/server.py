@@ -174,9 +174,6 @@ class Server:
         """Every call slot is taken by a thread past its deadline: only a restart frees them."""
         return self.overrun >= self.settings.max_concurrent_calls
 
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
-
     async def stop(self, *, drain_timeout: float | None = None) -> None:
         """Stops accepting calls, lets in-flight ones finish, runs ``on_stop``, closes."""
         if self.stopping:
