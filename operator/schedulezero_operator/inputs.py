@@ -30,8 +30,9 @@ from schedulezero_operator import runs, status, triggers
 SKEW = datetime.timedelta(seconds=5)
 """How far ahead of this replica's clock a time may be and still be believed: the clocks of two replicas
 differ by this much at most. A time within it costs nothing: the timer fires it when it comes."""
-MAX_IN_FLIGHT = 100
-"""Runs in flight believed per Schedule, the newest: more than a Schedule can have in flight in practice."""
+MAX_IN_FLIGHT = 2000
+"""Runs in flight believed per Schedule, the newest: a checkpoint also lists the times a catch-up still owes
+(up to the engine's catch-up limit, 1,000), so this is twice that, and bounds the work of a huge list."""
 MAX_RUNS = 200
 """Run records believed per Schedule, the newest: the most both history limits together keep."""
 MAX_REPORTED = 3
