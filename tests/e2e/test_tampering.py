@@ -363,12 +363,14 @@ def test_deleted_and_reassigned_leases_never_let_two_replicas_fire_one_shard(
         # The Leases rewritten by their owners: every shard held, each Lease named by who renews it.
         waiting.eventually(lambda: all(holders(cluster, replicas).get(s) for s in range(SHARDS)), timeout=30)
         lost = [r.output() for r in replicas.all]
+        warned = waiting.eventually(lambda: events(cluster, SYSTEM, "ShardLeaseEdited"), timeout=30)
     finally:
         replicas.stop_all()
         tunnel.close()
     counts = processes.executions(uncached_handler.endpoint, prefix=f"{namespace}/")
     starts = started(tmp_path)
     judge(counts, namespace, created, dict.fromkeys(names, 1), start, end, gapless=set(names), starts=starts)
-    # What the holder of the edited Lease said as it dropped the shard.
+    # What the holder of the edited Lease said as it dropped the shard: in its log, and in a Warning on the Lease.
     assert any(f"shard {shard} lost: its Lease names {idle}" in log for log in lost), [log[-2000:] for log in lost]
-    assert holder is not None
+    assert f"{replicas.prefix}-shard-{shard}" in warned, warned
+    assert f"dropped at once by {holder}: its Lease names {idle}" in warned[f"{replicas.prefix}-shard-{shard}"]
