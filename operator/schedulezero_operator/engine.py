@@ -294,7 +294,9 @@ class Engine:
         elif state.spec == spec:
             state.generation = generation
             if status_ is not None and not self._owns(key):  # a standby follows what the owner wrote
-                state.history = inputs.restore_history(status_, uid=uid, spec=spec, created=created, now=utcnow())
+                state.history = inputs.restore_history(
+                    status_, uid=uid, spec=spec, created=created, now=utcnow(), trigger=state.trigger
+                )
             return state.invalid
         self._index(state, spec)
         state.spec, state.generation, state.created = dict(spec), generation, created

@@ -40,6 +40,13 @@ MAX_REPORTED = 3
 _MS = datetime.timedelta(milliseconds=1)
 
 
+class Unbuilt:
+    """A trigger the caller has not built: ``restore_history`` builds it from the spec."""
+
+
+UNBUILT = Unbuilt()
+
+
 def schedule_trigger(spec: Mapping[str, Any], created: datetime.datetime) -> triggers.Trigger | None:
     """The Schedule's trigger, or None when its spec has none (the engine reports why elsewhere)."""
     try:
@@ -64,11 +71,11 @@ def nominals(trigger: triggers.Trigger | None, moments: Iterable[datetime.dateti
         return found
     cursor: datetime.datetime | None = datetime.datetime.min.replace(tzinfo=datetime.UTC)
     for moment in sorted(set(moments)):
-        if cursor is not None and cursor < moment - _MS:
-            try:
+        try:
+            if cursor is not None and cursor < moment - _MS:
                 cursor = trigger.next_after(moment - _MS)
-            except (OverflowError, ValueError):  # at the ends of what datetime holds
-                cursor = None
+        except (OverflowError, ValueError):  # at the ends of what datetime holds
+            continue
         if cursor is None:
             break
         if abs(cursor - moment) < _MS:
@@ -83,17 +90,21 @@ def restore_history(
     spec: Mapping[str, Any],
     created: datetime.datetime,
     now: datetime.datetime,
+    trigger: triggers.Trigger | Unbuilt | None = UNBUILT,
 ) -> status.History:
     """The History a Schedule's status describes, without what cannot be the Schedule's.
 
-    What was dropped is listed in ``History.refused``, for the owner to report (``report``).
+    What was dropped is listed in ``History.refused``, for the owner to report (``refused``). ``trigger``
+    is the Schedule's when the caller has it already (a standby follows every status its owner writes):
+    otherwise it is built from ``spec``.
     """
     history = status.History.restore(raw if isinstance(raw, dict) else None)
     if not isinstance(raw, dict):
         if raw:
             history.refused.append("status is not an object")
         return history
-    trigger = schedule_trigger(spec, created)
+    if isinstance(trigger, Unbuilt):
+        trigger = schedule_trigger(spec, created)
     refused = history.refused
     limit = now + SKEW
 

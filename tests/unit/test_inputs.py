@@ -39,7 +39,7 @@ def own_entry(moment: datetime.datetime) -> dict[str, Any]:
 # Times anywhere a tamperer may put them: long past, around now, the far future, the ends of datetime.
 times = st.one_of(
     st.datetimes(
-        min_value=datetime.datetime(1, 1, 2), max_value=datetime.datetime(9999, 12, 30), timezones=st.just(UTC)
+        min_value=datetime.datetime(1, 1, 1), max_value=datetime.datetime(9999, 12, 31, 23), timezones=st.just(UTC)
     ),
     st.integers(-3 * 86400, 3 * 86400).map(lambda s: NOW + datetime.timedelta(seconds=s)),
     st.integers(0, 3 * 8640).map(lambda k: CREATED + datetime.timedelta(seconds=10 * k)),  # @every 10s times
@@ -148,6 +148,14 @@ def test_any_checkpoint_reads_back_to_progress_that_runs_only_the_schedules_own_
     written = checkpoints.believed(progress, {UID: engine.Progress(NOW)}, now=NOW)
     assert set(written) <= {UID}
     checkpoints.encode(checkpoints.merge(written, {UID: engine.Progress(NOW)}))
+
+
+def test_the_ends_of_time_are_no_schedules_times() -> None:
+    trigger = inputs.schedule_trigger(SPECS[0], CREATED)
+    ends = [datetime.datetime.min.replace(tzinfo=UTC), datetime.datetime.max.replace(tzinfo=UTC)]
+    assert inputs.nominals(trigger, ends) == set()
+    raw = {"active": [own_entry(moment) for moment in ends], "lastScheduleTime": "0001-01-01T00:00:00+05:00"}
+    assert inputs.restore_history(raw, uid=UID, spec=SPECS[0], created=CREATED, now=NOW).unfinished == []
 
 
 def test_a_future_run_in_flight_is_dropped_and_a_past_own_one_kept() -> None:
