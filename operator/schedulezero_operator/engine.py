@@ -262,7 +262,8 @@ class Engine:
         else:
             self._handlers[namespace, name] = info
         for key in self._by_handler.get((namespace, name), ()):
-            self._refresh(self._schedules[key])
+            # Every probe lands here: a Schedule is written only if what it says about the Handler changed.
+            self._refresh(self._schedules[key], only_if_changed=True)
 
     def apply_schedule(
         self,
@@ -888,8 +889,11 @@ class Engine:
 
     # -- conditions ---------------------------------------------------------------
 
-    def _refresh(self, state: ScheduleState) -> None:
-        """Recomputes the conditions (Ready, Suspended, Completed) and queues a status write."""
+    def _refresh(self, state: ScheduleState, *, only_if_changed: bool = False) -> None:
+        """Recomputes the conditions (Ready, Suspended, Completed) and queues a status write; with
+        ``only_if_changed``, only if a condition changed (a Handler probe that found all as it was)."""
+        conditions = state.history.conditions
+        before = {t: (c.status, c.reason, c.message, c.observed_generation) for t, c in conditions.items()}
         now = utcnow()
         completed = self._completion(state, now)
         ready = self._readiness(state, completed)
@@ -901,7 +905,9 @@ class Engine:
         finished = ("True", *completed) if completed is not None else ("False", "TimesRemain", "more runs will come")
         for type_, (status_, reason, message) in (("Ready", ready), ("Suspended", suspended), ("Completed", finished)):
             state.history.set_condition(type_, status_, reason, message, now=now, generation=state.generation)
-        self._writer.mark(state.key)
+        after = {t: (c.status, c.reason, c.message, c.observed_generation) for t, c in conditions.items()}
+        if not only_if_changed or after != before:
+            self._writer.mark(state.key)
 
     def _readiness(self, state: ScheduleState, completed: tuple[str, str] | None) -> tuple[str, str, str]:
         """Whether the Schedule can run as specified; a suspension is its own condition, not a reason.

@@ -244,7 +244,17 @@ def test_every_run_happens_once_through_kills_pauses_partitions_and_a_rolling_re
         waiting.eventually(lambda: any(replicas.holders(cluster).values()), timeout=60)
         replicas.start()
         replicas.start()
-        waiting.eventually(lambda: len([h for h in replicas.holders(cluster).values() if h]) == SHARDS, timeout=60)
+
+        def spread() -> bool:  # every shard held, by the cut-off replica and at least one other
+            held = replicas.holders(cluster)
+            return (
+                all(held.values())
+                and len(held) == SHARDS
+                and len(set(held.values())) >= 2
+                and "replica-0" in held.values()
+            )
+
+        waiting.eventually(spread, timeout=120)
         time.sleep(5)
         start = datetime.datetime.now(datetime.UTC)
 

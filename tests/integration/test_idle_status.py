@@ -1,0 +1,48 @@
+"""An idle Schedule's status is written when something a user can see changes, not on every Handler probe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from schedulezero_handler import client as client_
+from schedulezero_operator import engine as engine_
+from schedulezero_operator.sinks import ScheduleKey
+from tests.support.engines import MemorySink, eventually, now
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[tuple[engine_.Engine, MemorySink]]:
+    sink = MemorySink()
+    async with client_.Client() as client:
+        settings = engine_.EngineSettings(status_interval=0.1, status_settle=0.05)
+        engine = engine_.Engine(client=client, status_sink=sink, events=sink, settings=settings)
+        await engine.start()
+        yield engine, sink
+        await engine.stop()
+
+
+async def test_probes_that_find_the_handler_as_it_was_write_no_status(
+    engine: tuple[engine_.Engine, MemorySink],
+) -> None:
+    running, sink = engine
+    probed = engine_.HandlerInfo("tcp://127.0.0.1:9", methods=frozenset({"tick"}), reachable=True)
+    running.set_handler("idle", "probe", probed)
+    keys = [ScheduleKey("idle", f"s{i}") for i in range(20)]
+    for key in keys:
+        spec = {"handler": "probe", "method": "tick", "schedule": "@every 1h"}
+        assert running.apply_schedule(key, uid=f"uid-{key.name}", spec=spec, created=now()) is None
+    await eventually(lambda: set(sink.statuses) == set(keys))
+    await asyncio.sleep(0.5)
+    written = sink.writes
+    for _ in range(10):  # ten probe rounds, each finding the Handler as it was
+        running.set_handler("idle", "probe", engine_.HandlerInfo("tcp://127.0.0.1:9", frozenset({"tick"}), None, True))
+        await asyncio.sleep(0.2)
+    assert sink.writes == written
+    # A probe that finds something new is written, once per Schedule.
+    running.set_handler("idle", "probe", engine_.HandlerInfo("tcp://127.0.0.1:9", frozenset({"tock"}), None, True))
+    await eventually(lambda: sink.writes == written + len(keys))
+    ready = {c["type"]: c["reason"] for c in sink.statuses[keys[0]]["conditions"]}["Ready"]
+    assert ready == "MethodNotFound"
