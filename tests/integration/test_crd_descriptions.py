@@ -36,6 +36,8 @@ SUSPENSION: Proof = (
 FORBID: Proof = (test_engine.test_forbid_skips_runs_while_the_previous_one_runs, {})
 ALLOW: Proof = (test_engine.test_allow_overlaps_runs, {})
 REPLACE: Proof = (test_engine.test_replace_cancels_the_running_call, {})
+CHAIN_FORBID: Proof = (test_engine.test_times_due_during_a_catch_up_wait_their_turn, {"policy": "Forbid"})
+CHAIN_REPLACE: Proof = (test_engine.test_times_due_during_a_catch_up_wait_their_turn, {"policy": "Replace"})
 
 
 def catch_up(policy: str, deadline: float | None = None) -> Proof:
@@ -91,6 +93,17 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
             "The times not run are recorded Missed.",
             (catch_up("Latest"), catch_up("Skip")),
             (("docs/operations.md", "records the\n  older ones as `Missed`"),),
+        ),
+        Claim(
+            "Under All the missed times run one after another, and the times that come due meanwhile wait their "
+            "turn, whatever concurrencyPolicy says.",
+            (CHAIN_FORBID, CHAIN_REPLACE, catch_up("All")),
+            (
+                (
+                    "docs/architecture.md",
+                    "every missed time and every time that came due during the catch-up runs, each once",
+                ),
+            ),
         ),
     ),
     "concurrencyPolicy": (

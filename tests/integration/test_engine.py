@@ -281,6 +281,34 @@ async def test_a_restart_applies_the_catch_up_policy(
         assert max(missed) < min(ran)
 
 
+@pytest.mark.parametrize("policy", ["Forbid", "Replace"])
+async def test_times_due_during_a_catch_up_wait_their_turn(
+    engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess, policy: str
+) -> None:
+    """catchUpPolicy All after 8 s away, each run taking 0.3 s: the times that come due while the catch-up runs
+    are neither skipped (Forbid) nor replace a run of it (Replace): each time runs once, in order."""
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    _created[key] = (now() - datetime.timedelta(seconds=60)).replace(microsecond=0)
+    stopped = now().replace(microsecond=0) - datetime.timedelta(seconds=8)
+    spec = {"method": "tick", "params": {"seconds": 0.3}, "schedule": "@every 1s", "catchUpPolicy": "All",
+            "concurrencyPolicy": policy}  # fmt: skip
+    apply(engine, spec, key=key, status_={"lastScheduleTime": stopped.isoformat(), "runs": []})
+    until = now().replace(microsecond=0) + datetime.timedelta(seconds=4)  # beyond the catch-up's end
+    expected = [stopped + datetime.timedelta(seconds=i) for i in range(1, int((until - stopped).total_seconds()))]
+
+    async def seen() -> list[datetime.datetime]:
+        return sorted(_time(t["scheduled"]) for t in await ticks(client, handler, key))
+
+    async with asyncio.timeout(30):
+        while not set(expected) <= set(await seen()):  # noqa: ASYNC110  (the handler's state, in its process)
+            await asyncio.sleep(0.2)
+    history = records(engine, key)
+    engine.remove_schedule(key)
+    ran = [t for t in await seen() if t in expected]
+    assert ran == expected  # each once, in their order
+    assert not [r for r in history if r["outcome"] in ("Skipped", "Cancelled")]
+
+
 def conditions(engine: engine_.Engine, key: ScheduleKey) -> dict[str, tuple[str, str]]:
     status = engine.render_status(key)
     assert status is not None
