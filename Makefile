@@ -7,8 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: promtool and prometheus for the metrics tests,
 # ip for the handler-replica tests' pod addresses, buildah and debootstrap to
-# build the images the tests run.
-DEB_PACKAGES := prometheus iproute2 buildah debootstrap
+# build the images the tests run; the node's container runtime (containerd,
+# runc), pause process (catatonit), pod network (CNI plugins) and kube-proxy's
+# tools (iptables, conntrack).
+DEB_PACKAGES := prometheus iproute2 buildah debootstrap \
+	containerd runc catatonit containernetworking-plugins iptables conntrack
 
 .PHONY: demo test setup venv debs control-plane image cluster cluster-down lint typecheck pytest manifests clean
 
@@ -37,7 +40,8 @@ debs:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Builds kube-apiserver, kubectl, etcd and helm once, cached by version outside the tree.
+# Builds kube-apiserver, kubectl, etcd, helm and the node's kubelet,
+# kube-controller-manager, kube-scheduler and kube-proxy once, cached by version outside the tree.
 control-plane:
 	@tools/k8s/build.sh >/dev/null
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kubectl, etcd, helm) that the
-# e2e tests run, unless the cache already holds it, and fetches the
+# e2e tests run, and the node (kubelet, kube-controller-manager, kube-scheduler,
+# kube-proxy) that `make cluster` and the node tests run, unless the cache already holds it, and fetches the
 # prometheus-operator CRDs the chart's monitoring objects are checked against.
 #
 # Binaries are cached by version outside the source tree, in
@@ -9,7 +10,7 @@
 # Each binary is built into a temporary directory and moved into place only
 # when it works, so an interrupted build never leaves a broken cache entry.
 #
-# Prints the bin directory holding all four on its last line of stdout;
+# Prints the bin directory holding all of them on its last line of stdout;
 # progress goes to stderr. With SCHEDULEZERO_BUILD_QUIET=1 only a build's own
 # progress does: nothing is said when everything is cached (make cluster).
 set -euo pipefail
@@ -97,6 +98,11 @@ ensure etcd "$ETCD_VERSION" --version -- build_etcd
 ensure kube-apiserver "$KUBERNETES_VERSION" --version -- build_kube kube-apiserver
 ensure kubectl "$KUBERNETES_VERSION" "version --client" -- build_kube kubectl
 ensure helm "$HELM_VERSION" version -- build_helm
+# The node that `make cluster` and the node tests run: same module, same version, same cache.
+ensure kubelet "$KUBERNETES_VERSION" --version -- build_kube kubelet
+ensure kube-controller-manager "$KUBERNETES_VERSION" --version -- build_kube kube-controller-manager
+ensure kube-scheduler "$KUBERNETES_VERSION" --version -- build_kube kube-scheduler
+ensure kube-proxy "$KUBERNETES_VERSION" --version -- build_kube kube-proxy
 
 # The prometheus-operator CRDs (ServiceMonitor, PrometheusRule) are YAML in its
 # Go module; the module proxy serves them like source.

@@ -29,7 +29,16 @@ PROXY = "https://proxy.golang.org"
 
 # Binaries built from k8s.io/kubernetes; `go build` finds them through the
 # wrapper's tool directives, which also keep go.sum complete for them.
-KUBERNETES_TOOLS = ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl")
+KUBERNETES_TOOLS = (
+    "k8s.io/kubernetes/cmd/kube-apiserver",
+    "k8s.io/kubernetes/cmd/kubectl",
+    # The node: kubelet needs about 14 modules the others do not, which go mod tidy adds
+    # to go.sum only because it is listed here.
+    "k8s.io/kubernetes/cmd/kubelet",
+    "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "k8s.io/kubernetes/cmd/kube-scheduler",
+    "k8s.io/kubernetes/cmd/kube-proxy",
+)
 
 
 def read_versions() -> dict[str, str]:
