@@ -1,8 +1,9 @@
 """Status, checkpoints and Leases edited by someone else: no run lost, none delivered twice, none at a time that
 is not the Schedule's; the user is told, and the damaged object is written back by its owner.
 
-Real API server, real operator replicas, and a handler whose reply cache is off (``--reply-cache-bytes 0``),
-so that every second delivery of a run executes and shows in its count.
+Real API server, real operator replicas, and a handler whose reply cache is off (``--reply-cache-size 0``),
+so that every second delivery of a run executes and shows in its count, and which journals every delivery
+with its sender.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from schedulezero_operator import election
 from tests.e2e.test_ha import SHARDS, Replicas, handler, proxied_kubeconfig, server_address
-from tests.support import controlplane, processes, proxy, waiting
+from tests.support import controlplane, deliveries, processes, proxy, waiting
 
 pytestmark = pytest.mark.e2e
 
@@ -33,25 +34,17 @@ FAR_MS = 4070908800000
 
 
 @pytest.fixture
-def uncached_handler(tmp_path: pathlib.Path) -> Iterator[processes.HandlerProcess]:
-    """The probe handler with no reply cache, so that a run delivered twice executes twice; its journal
-    (``PROBE_JOURNAL``) says when each execution started."""
-    journal = tmp_path / "journal.jsonl"
-    process = processes.start_handler(PROBE, tmp_path, "--reply-cache-bytes", "0", env={"PROBE_JOURNAL": str(journal)})
-    try:
+def journal(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "deliveries.jsonl"
+
+
+@pytest.fixture
+def uncached_handler(tmp_path: pathlib.Path, journal: pathlib.Path) -> Iterator[processes.HandlerProcess]:
+    """The probe handler with no reply cache, so that a run delivered twice executes twice, and a journal of
+    every delivery: who sent it, and whether as a re-send."""
+    args = ("--reply-cache-size", "0", "--journal", str(journal))
+    with processes.running_handler(PROBE, tmp_path, *args) as process:
         yield process
-    finally:
-        process.kill()
-
-
-def started(tmp_path: pathlib.Path) -> dict[tuple[str, str], list[float]]:
-    """When each execution of each (Schedule, nominal time) started, from the handler's journal."""
-    found: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-    for line in (tmp_path / "journal.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry["event"] == "start":
-            found[entry["schedule"], entry["scheduled"]].append(entry["at"])
-    return found
 
 
 def named(namespace: str, prefix: str, shard: int) -> str:
@@ -108,14 +101,14 @@ def judge(
     end: datetime.datetime,
     *,
     gapless: set[str],
-    starts: dict[tuple[str, str], list[float]] | None = None,
+    fired: dict[tuple[str, str], list[deliveries.Delivery]] | None = None,
 ) -> None:
     """Every run at a time of its Schedule, none twice in [start, end], and none missing there for ``gapless``.
 
-    Given ``starts`` (when each execution began), a run counts as twice only when two executions began within
-    a second of its time: two replicas firing one shard at once. A run re-sent later by the replica that
-    took a shard over, as it must be when the previous holder could not checkpoint it, is delivered again
-    by design, and a handler's reply cache (off here) answers it.
+    Given ``fired`` (the handler's deliveries, judged by ``deliveries.double_fired``), twice means delivered
+    twice by two replicas each firing the run, rather than executed twice: a run the previous holder of a
+    shard may have sent after its last checkpoint is sent again by design, marked as a re-send, and without a
+    reply cache it executes again.
     """
     foreign = [
         (s, n)
@@ -128,14 +121,15 @@ def judge(
         )
     ]
     assert not foreign, f"{len(foreign)} runs at times that are not their Schedule's, e.g. {foreign[:5]}"
-    twice = {key: n for key, n in counts.items() if n > 1 and start <= datetime.datetime.fromisoformat(key[1]) <= end}
-    if starts is not None:
-        twice = {
-            key: [round(at - datetime.datetime.fromisoformat(key[1]).timestamp(), 2) for at in starts[key]]
-            for key in twice
-            if sum(at - datetime.datetime.fromisoformat(key[1]).timestamp() < 1.0 for at in starts[key]) > 1
-        }
-    assert not twice, f"{len(twice)} runs executed more than once, e.g. {list(twice.items())[:5]}"
+
+    def within(run: tuple[str, str]) -> bool:
+        return start <= datetime.datetime.fromisoformat(run[1]) <= end
+
+    if fired is None:
+        twice: dict[Any, Any] = {key: n for key, n in counts.items() if n > 1 and within(key)}
+    else:
+        twice = {key: sent for key, sent in deliveries.double_fired(fired).items() if within(key)}
+    assert not twice, f"{len(twice)} runs twice, e.g. {list(twice.items())[:3]}"
     lost = {}
     for name in gapless:
         period = datetime.timedelta(seconds=periods[name])
@@ -153,6 +147,7 @@ def test_tampered_status_and_checkpoints_neither_lose_nor_double_nor_invent_runs
     namespace: str,
     system_kubeconfigs: dict[str, pathlib.Path],
     uncached_handler: processes.HandlerProcess,
+    journal: pathlib.Path,
     api_client: kubernetes.client.ApiClient,
     tmp_path: pathlib.Path,
 ) -> None:
@@ -294,6 +289,8 @@ def test_tampered_status_and_checkpoints_neither_lose_nor_double_nor_invent_runs
         replicas.stop_all()
     counts = processes.executions(uncached_handler.endpoint, prefix=f"{namespace}/")
     judge(counts, namespace, created, periods, start, end, gapless={late, checked, *fillers})
+    fired = deliveries.by_run(deliveries.read(journal), prefix=f"{namespace}/")
+    judge(counts, namespace, created, periods, start, end, gapless=set(), fired=fired)
     # The Forbid Schedule is not held by a run in 2099: it runs on after the takeover.
     after = [t for t in nominals(counts, namespace, forbid) if t > end - datetime.timedelta(seconds=10)]
     assert len(after) >= 5, nominals(counts, namespace, forbid)[-20:]
@@ -306,6 +303,7 @@ def test_deleted_and_reassigned_leases_never_let_two_replicas_fire_one_shard(
     namespace: str,
     system_kubeconfigs: dict[str, pathlib.Path],
     uncached_handler: processes.HandlerProcess,
+    journal: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
     """Three replicas on four shards, some below their share and so ready to take any shard. A holder is cut
@@ -368,8 +366,8 @@ def test_deleted_and_reassigned_leases_never_let_two_replicas_fire_one_shard(
         replicas.stop_all()
         tunnel.close()
     counts = processes.executions(uncached_handler.endpoint, prefix=f"{namespace}/")
-    starts = started(tmp_path)
-    judge(counts, namespace, created, dict.fromkeys(names, 1), start, end, gapless=set(names), starts=starts)
+    fired = deliveries.by_run(deliveries.read(journal), prefix=f"{namespace}/")
+    judge(counts, namespace, created, dict.fromkeys(names, 1), start, end, gapless=set(names), fired=fired)
     # What the holder of the edited Lease said as it dropped the shard: in its log, and in a Warning on the Lease.
     assert any(f"shard {shard} lost: its Lease names {idle}" in log for log in lost), [log[-2000:] for log in lost]
     assert f"{replicas.prefix}-shard-{shard}" in warned, warned
