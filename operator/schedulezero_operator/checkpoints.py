@@ -241,7 +241,9 @@ class Checkpointer:
             entry = self._progress(key)
             if entry is not None:
                 progress[entry[0]] = entry[1]
-        content = encode(merge(believed(self._loaded.get(shard, {}), progress, now=engine.utcnow()), progress))
+        loaded = self._loaded.get(shard, {})
+        kept = believed(loaded, progress, now=engine.utcnow())
+        content = encode(merge(kept, progress))
         if len(content) > MAX_SIZE:
             if shard not in self.oversized:
                 log.error(
@@ -263,6 +265,11 @@ class Checkpointer:
             self._dirty.add(shard)
             return
         self._loaded[shard] = {}
+        if len(kept) < len(loaded):
+            log.warning(
+                "checkpoint of shard %d: %d entries of no Schedule of the shard (deleted, or written by someone "
+                "else) not written back", shard, len(loaded) - len(kept),
+            )  # fmt: skip
         if self._on_write is not None:
             self._on_write(shard, len(content))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 
 import pytest
@@ -117,3 +118,38 @@ async def test_a_checkpoint_above_the_object_limit_is_refused_loudly(caplog: pyt
     assert writer.oversized == {0}
     assert "checkpoint of shard 0 is" in caplog.text
     assert "use more --shards" in caplog.text
+
+
+async def test_a_new_owner_writes_back_only_its_own_schedules_believable_progress(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """935 KB of entries of no Schedule, a time in 2099 and an unreadable entry, read at a takeover: the first
+    write holds the shard's own Schedules only, with believable times, and says what it left out."""
+    far = datetime.datetime(2099, 1, 1, tzinfo=datetime.UTC)
+    entries: dict[str, object] = {f"fake-{i}": [round(far.timestamp() * 1000) - i] for i in range(17_000)}
+    entries["own"] = [round(far.timestamp() * 1000), [round(T.timestamp() * 1000)]]
+    entries["broken"] = "x"
+    store = Damaged(json.dumps({"version": 1, "schedules": entries}, separators=(",", ":")))
+    key = ScheduleKey("ns", "own")
+    writer = checkpoints.Checkpointer(
+        store,
+        progress=lambda key: ("own", engine.Progress(T)),
+        shard_of=lambda key: 0,
+        owns_shard=lambda shard: True,
+    )
+    writer.track(key)
+    loaded = await writer.load(0)
+    assert len(loaded) == 17_001  # all read: the engine judges them against the Schedule's trigger
+    await writer.flush()  # written at once, though nothing changed since the takeover
+    assert len(store.written) == 1
+    assert checkpoints.decode(store.written[0]) == {"own": engine.Progress(T, (T,))}
+    assert "17000 entries of no Schedule of the shard" in caplog.text
+
+
+class Damaged(Recording):
+    def __init__(self, content: str) -> None:
+        super().__init__()
+        self.content = content
+
+    async def read(self, shard: int) -> tuple[str | None, str]:
+        return self.content, "1"
