@@ -173,7 +173,7 @@ class History:
     unfinished: list[datetime.datetime] = dataclasses.field(default_factory=list)
     """Nominal times of runs a previous operator left in ``active``: after a crash they run again."""
     backfill: dict[str, Any] | None = None
-    """The last backfill request and how far it got (from, to, total, done, state, message)."""
+    """The last backfill request and how far it got (request, from, to, total, done, state, message)."""
     refused: list[str] = dataclasses.field(default_factory=list)
     """What restoring a status dropped as not the Schedule's own (``inputs.restore_history``), until reported."""
 
@@ -243,12 +243,16 @@ class History:
         token = status.get("lastRunNowToken")
         history.last_run_now_token = token if isinstance(token, str) else None
         backfill = status.get("backfill")
-        if isinstance(backfill, dict) and isinstance(backfill.get("from"), str) and isinstance(backfill.get("to"), str):
-            history.backfill = {
+        if isinstance(backfill, dict) and (
+            isinstance(backfill.get("request"), str)
+            or (isinstance(backfill.get("from"), str) and isinstance(backfill.get("to"), str))
+        ):
+            history.backfill = {  # only what the CRD's schema admits: anything else would fail every status write
                 k: v
                 for k, v in backfill.items()
-                if (k, type(v)) in {("from", str), ("to", str), ("total", int), ("done", int), ("message", str)}
-                or (k == "state" and v in ("Running", "Complete", "Refused", "Interrupted"))
+                if (k in BACKFILL_TEXT and isinstance(v, str))
+                or (k in BACKFILL_COUNTS and isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                or (k == "state" and v in BACKFILL_STATES)
             }
             if backfill.get("state") == "Running":  # the operator that ran it stopped: what is left is not run
                 history.backfill["state"] = "Interrupted"
@@ -270,6 +274,11 @@ class History:
                 )
         return history
 
+
+BACKFILL_TEXT = ("request", "from", "to", "message")
+BACKFILL_COUNTS = ("total", "done")
+BACKFILL_STATES = ("Running", "Complete", "Refused", "Interrupted", "Cancelled")
+"""status.backfill's fields as the CRD has them."""
 
 CONDITIONS = ("Ready", "Suspended", "Completed")
 """The conditions the engine sets: others found in a status are not carried on."""

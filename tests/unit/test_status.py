@@ -144,3 +144,15 @@ async def test_a_status_is_rendered_when_sent_and_one_write_per_schedule_is_in_f
         written = [version for key, version in sink.writes if key == name]
         assert written == sorted(written)
         assert written[-1] == 20  # the last state reached the sink
+
+
+def test_a_backfills_progress_survives_a_restart_as_the_crd_has_it() -> None:
+    """What the engine needs to answer the same annotation once (its request), every state the CRD admits,
+    and nothing it does not: a field of another type would fail every status write after."""
+    cancelled = {"request": "{}", "from": "a", "to": "b", "total": 3, "done": 1, "state": "Cancelled"}
+    assert status.History.restore({"backfill": cancelled}).backfill == cancelled
+    refused = {"request": "not json", "total": 0, "done": 0, "state": "Refused", "message": "not a request"}
+    assert status.History.restore({"backfill": refused}).backfill == refused
+    running = {"from": "a", "to": "b", "total": 2, "done": 1, "state": "Running", "extra": 1, "done2": True}
+    restored = status.History.restore({"backfill": {**running, "total": "2"}}).backfill
+    assert restored == {"from": "a", "to": "b", "done": 1, "state": "Interrupted"}
