@@ -96,6 +96,8 @@ class Runtime:
     election: election_thread.ElectionThread
     checkpointer: checkpoints.Checkpointer
     ha_metrics: HaMetrics
+    status_sink: kubeapi.ScheduleStatusSink
+    """Schedule status writes, each against the resourceVersion last seen for its Schedule."""
     uids: dict[tuple[str, str, str], str]
     """(kind, namespace, name) -> uid, for Events about objects."""
     listing: joining.Listing
@@ -205,12 +207,14 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         runtime.listing.saw(key)
         if event["type"] == "DELETED":
             runtime.engine.remove_schedule(key)
+            runtime.status_sink.seen(key, None)
             runtime.checkpointer.forget(key)
             runtime.uids.pop(("Schedule", namespace, name), None)
             return
         runtime.checkpointer.track(key)
         meta = body["metadata"]
         runtime.uids["Schedule", namespace, name] = meta["uid"]
+        runtime.status_sink.seen(key, meta.get("resourceVersion"))
         runtime.engine.apply_schedule(
             key,
             uid=meta["uid"],
@@ -342,9 +346,10 @@ async def _start(config: ControllerSettings) -> Runtime:
         owns_shard=lambda shard: runtime.owns_shard(shard),
         on_write=lambda shard, size: _checkpointed(runtime, shard, size),
     )
+    status_sink = kubeapi.ScheduleStatusSink(api)
     engine = engine_.Engine(
         client=client,
-        status_sink=kubeapi.ScheduleStatusSink(api),
+        status_sink=status_sink,
         events=_EngineEvents(uids, events),
         metrics=metrics,
         settings=engine_.EngineSettings(
@@ -371,6 +376,7 @@ async def _start(config: ControllerSettings) -> Runtime:
         election=election_thread.ElectionThread(elector, connect_leases),
         checkpointer=checkpointer,
         ha_metrics=metrics.track_election(elector),
+        status_sink=status_sink,
         uids=uids,
         listing=joining.Listing(config.joining),
     )

@@ -24,7 +24,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import security
 from schedulezero_operator import budget as budget_
-from schedulezero_operator.sinks import ScheduleKey
+from schedulezero_operator.sinks import ScheduleKey, WriteConflict
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,30 @@ class Api:
     async def close(self) -> None:
         await self.api_client.close()
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patches an object's status; an object that is gone is not an error."""
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], *, version: str | None = None
+    ) -> str | None:
+        """Merge-patches an object's status; returns the object's new resourceVersion (None if it is gone).
+
+        With ``version``, the patch applies only to the object at that
+        resourceVersion: changed since, the API server refuses it (409), and
+        ``sinks.WriteConflict`` is raised.
+        """
+        body: dict[str, Any] = {"status": status}
+        if version is not None:
+            body["metadata"] = {"resourceVersion": version}
         try:
-            await self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH,
+            written = await self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH,
                 _request_timeout=REQUEST_TIMEOUT,
             )  # fmt: skip
         except ApiException as error:
+            if error.status == 409:
+                raise WriteConflict(f"{plural} {namespace}/{name} changed since resourceVersion {version}") from None
             if error.status != 404:
                 raise
+            return None
+        return str((written.get("metadata") or {}).get("resourceVersion") or "") or None
 
     async def request_run(self, namespace: str, name: str, token: str | None = None) -> str:
         """Sets the run-now annotation to a new token; the operator runs the Schedule once for it."""
@@ -154,6 +168,13 @@ class ElectionStore:
 class ScheduleStatusSink:
     """The engine's StatusSink: each write is one status-subresource patch.
 
+    Each patch carries, as its precondition, the Schedule's resourceVersion as
+    this replica last saw it (its watch, its own last write): a replica that
+    lost the Schedule's shard while its write was under way (paused, cut off
+    from the API server) cannot overwrite what the new owner wrote since. A
+    write refused so is retried with the version the watch brings, and no
+    longer rendered at all once the shard is gone.
+
     It adds ``lastRunDuration``, the latest run's ``durationSeconds`` as people
     read a duration, for the LAST DURATION column of ``kubectl get sched -o
     wide``: a printer column can only show a number as it is (``0.012899``).
@@ -161,12 +182,24 @@ class ScheduleStatusSink:
 
     def __init__(self, api: Api) -> None:
         self._api = api
+        self._versions: dict[ScheduleKey, str] = {}
+
+    def seen(self, key: ScheduleKey, version: str | None) -> None:
+        """The Schedule's resourceVersion in a watch event; None: it is gone."""
+        if version is None:
+            self._versions.pop(key, None)
+        else:
+            self._versions[key] = version
 
     async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
         latest = (status.get("runs") or [{}])[0]
         seconds = latest.get("durationSeconds") if isinstance(latest, dict) else None
         shown = human_duration(seconds) if isinstance(seconds, (int, float)) else None  # None: removed
-        await self._api.patch_status("schedules", key.namespace, key.name, {**status, "lastRunDuration": shown})
+        written = await self._api.patch_status(
+            "schedules", key.namespace, key.name, {**status, "lastRunDuration": shown}, version=self._versions.get(key)
+        )
+        if written is not None:
+            self._versions[key] = written
 
 
 def human_duration(seconds: float) -> str:

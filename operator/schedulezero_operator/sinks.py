@@ -36,6 +36,10 @@ class ScheduleKey:
         return self.namespace, self.name
 
 
+class WriteConflict(Exception):
+    """A status write refused because the object changed since the version it was written against."""
+
+
 class StatusSink(Protocol):
     async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
         """Persists a Schedule's whole status; raising means "try again later"."""
@@ -231,7 +235,10 @@ class StatusWriter:
         try:
             await self._sink.write_status(key, status)
         except Exception as error:
-            log.warning("status of %s not written (%s); retrying", key, error)
+            # A conflict is routine (a spec edited meanwhile, a newer version still on its way through the
+            # watch); any other failure is worth a warning.
+            level = logging.DEBUG if isinstance(error, WriteConflict) else logging.WARNING
+            log.log(level, "status of %s not written (%s); retrying", key, error)
             if key not in self._pending:
                 self._queue(key, since=change.since, due=time.monotonic() + self._interval)
             return
