@@ -29,6 +29,15 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "k8s" / "build.sh"
 BINARIES = ("etcd", "kube-apiserver", "kubectl", "helm")
+SERVICE_CIDR = "198.19.0.0/16"
+"""Service ClusterIPs: inside the benchmarking range 198.18.0.0/15, like the node's pods, never a private range."""
+NODE_USERS = {
+    # A kubeconfig name for each node component, and the user and groups its token authenticates as.
+    "kubelet": ("system:node:schedulezero-node", "system:nodes"),
+    "kube-controller-manager": ("system:kube-controller-manager", ""),
+    "kube-scheduler": ("system:kube-scheduler", ""),
+    "kube-proxy": ("system:kube-proxy", ""),
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -132,17 +141,23 @@ class _Process:
 class LocalControlPlane:
     """etcd and kube-apiserver on free loopback ports, in a temporary directory."""
 
-    def __init__(self, bin_dir: pathlib.Path) -> None:
+    def __init__(self, bin_dir: pathlib.Path, *, address: str = "127.0.0.1", node: bool = False) -> None:
+        """``address`` is where the API server listens. With ``node``, it also serves a node: the node's
+        components get tokens of their own, the Node authorizer runs, and the ``kubernetes`` Service's
+        endpoint is ``address``, which pods must reach (the node's bridge address, not loopback)."""
         self.bin_dir = bin_dir
+        self.address = address
+        self.node = node
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="schedulezero-k8s-"))
         self.token = secrets.token_hex(24)
+        self.node_tokens = {name: secrets.token_hex(24) for name in NODE_USERS} if node else {}
         self.etcd_port = free_port()
         self.apiserver_port = free_port()
         self.processes: list[_Process] = []
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def ca_file(self) -> pathlib.Path:
@@ -212,26 +227,39 @@ class LocalControlPlane:
 
     def _start_apiserver(self) -> None:
         tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f"{self.token},admin,admin,system:masters\n")
-        sa_key = self.workdir / "sa.key"
+        lines = [f"{self.token},admin,admin,system:masters"]
+        for name, token in self.node_tokens.items():
+            user, groups = NODE_USERS[name]
+            lines.append(f'{token},{user},{user},"{groups}"' if groups else f"{token},{user},{user}")
+        tokens.write_text("\n".join(lines) + "\n")
+        sa_key = self.sa_key
         if not sa_key.exists():
             subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True)
+        if self.node:
+            # The kubernetes Service's endpoint is this address, kept by the API server itself.
+            # The node has no name the machine resolves: its logs and exec are reached by its address.
+            node_args = [
+                "--authorization-mode=Node,RBAC",
+                "--endpoint-reconciler-type=lease",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            # The kubernetes Service endpoint cannot point at loopback; nothing here needs it.
+            node_args = ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]
         self._spawn(
             "kube-apiserver",
             [
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.workdir / 'certs'}",
                 f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
+                *node_args,
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                # The kubernetes Service endpoint cannot point at loopback; nothing here needs it.
-                "--endpoint-reconciler-type=none",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -257,8 +285,20 @@ class LocalControlPlane:
             time.sleep(0.25)
         raise ControlPlaneError(f"kube-apiserver not ready after {timeout:.0f} s ({last_error})\n{self.logs()}")
 
-    def _write_kubeconfig(self) -> pathlib.Path:
-        kubeconfig = self.workdir / "kubeconfig"
+    @property
+    def sa_key(self) -> pathlib.Path:
+        """The key ServiceAccount tokens are signed with (the controller manager signs with it too)."""
+        return self.workdir / "sa.key"
+
+    def component_kubeconfig(self, name: str) -> pathlib.Path:
+        """A kubeconfig for node component ``name``, acting as its own user (see ``NODE_USERS``)."""
+        return self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", name, self.node_tokens[name])
+
+    def _write_kubeconfig(
+        self, kubeconfig: pathlib.Path | None = None, user: str = "admin", token: str | None = None
+    ) -> pathlib.Path:
+        kubeconfig = kubeconfig or self.workdir / "kubeconfig"
+        token = token or self.token
         kubeconfig.write_text(
             f"""apiVersion: v1
 kind: Config
@@ -268,14 +308,14 @@ clusters:
     server: {self.server}
     certificate-authority: {self.ca_file}
 users:
-- name: admin
+- name: {user}
   user:
-    token: {self.token}
+    token: {token}
 contexts:
 - name: local
   context:
     cluster: local
-    user: admin
+    user: {user}
     namespace: default
 current-context: local
 """

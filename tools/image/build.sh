@@ -18,6 +18,16 @@ base="localhost/schedulezero-python-base:$base_tag"
 buildah=(buildah --storage-driver vfs)
 log() { printf '[image-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# Builds use the host's network: buildah's own would leave a cni-podman0 bridge (10.88.0.1/16)
+# behind, which is removed all the same should one appear that was not there before.
+bridge_before=$(ip -o link show cni-podman0 2>/dev/null || true)
+rootfs=""
+cleanup() {
+  [ -z "$rootfs" ] || rm -rf "$rootfs" "$rootfs.log"
+  [ -n "$bridge_before" ] || ip link delete cni-podman0 2>/dev/null || true
+}
+trap cleanup EXIT
+
 for tool in buildah debootstrap unshare chroot; do
   command -v "$tool" >/dev/null || { echo "build.sh: $tool is needed (make debs installs it)" >&2; exit 1; }
 done
@@ -25,7 +35,6 @@ done
 if ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
   log "base image $base: debootstrap $suite minbase with $packages (about a minute)"
   rootfs=$(mktemp -d /tmp/schedulezero-base-XXXXXX)
-  trap 'rm -rf "$rootfs" "$rootfs.log"' EXIT
   debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" http://deb.debian.org/debian \
     > "$rootfs.log" 2>&1 || { tail -20 "$rootfs.log" >&2; exit 1; }
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
@@ -38,7 +47,7 @@ else
   log "base image $base: cached"
 fi
 
-trust=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)
+trust=(--network host --volume /etc/ssl/certs:/etc/ssl/certs:ro)
 [ -f /etc/pip.conf ] && trust+=(--volume /etc/pip.conf:/etc/pip.conf:ro)
 log "localhost/schedulezero:test from Dockerfile"
 "${buildah[@]}" bud --quiet --isolation chroot --layers=false "${trust[@]}" \

@@ -1,12 +1,16 @@
-"""A local cluster to try ScheduleZero on: ``make cluster`` / ``make cluster-down``.
+"""A local one-node cluster to try ScheduleZero on: ``make cluster`` / ``make cluster-down``.
 
-The same etcd and kube-apiserver the e2e tests start (no kubelet, no
-controllers: pods are never started, so handlers and the operator run as
-local processes), with the CRDs applied. The processes outlive this script;
-their ids and directory are kept in ``~/.cache/schedulezero/clusters/``, in a
-file of this checkout's own (named after its directory and a hash of its
-path), so that ``down`` stops them and two checkouts each have their own
-cluster. ``up`` on a running cluster only prints its ``KUBECONFIG`` line again.
+etcd and kube-apiserver, as the e2e tests start them, and a node under them
+(containerd, kubelet, kube-controller-manager, kube-scheduler, kube-proxy:
+``tests/support/node.py``), with the ScheduleZero and example vendor images
+imported under the references the charts use by default and the CRDs
+applied, so ``helm install`` of the charts as shipped runs pods. The
+processes outlive this script; their ids and directory are kept in
+``~/.cache/schedulezero/clusters/``, in a file of this checkout's own (named
+after its directory and a hash of its path), so that ``down`` stops them.
+``up`` on a running cluster only prints its ``KUBECONFIG`` line again. One
+node runs per machine: ``up`` from another checkout says so. ``down`` also
+removes what a killed ``up`` left behind.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.support import controlplane  # noqa: E402  (the repository's root on the path first)
+from tests.support import controlplane, image, node  # noqa: E402  (the repository's root on the path first)
 
 
 def default_state(repo: pathlib.Path = REPO) -> pathlib.Path:
@@ -67,22 +72,32 @@ def up() -> int:
     state = _running()
     if state is None:
         down(quiet=True)
-        print("starting etcd and kube-apiserver (the binaries are built once, cached by version)...", file=sys.stderr)
-        plane = controlplane.LocalControlPlane(controlplane.find_binaries())
-        cluster = plane.start()
+        missing = [name for name in node.IMAGES if node.built_image_id(name) is None]
+        if missing:
+            print(f"building the images ({', '.join(missing)} missing): make image", file=sys.stderr)
+            subprocess.run([str(REPO / "tools" / "image" / "build.sh")], check=True, stdout=sys.stderr)
+        print("starting etcd, kube-apiserver and the node (the binaries are built once, cached)...", file=sys.stderr)
+        try:
+            local = node.LocalCluster(node.find_binaries())
+            cluster = local.start()
+        except (node.NodeError, controlplane.ControlPlaneError) as error:
+            print(f"make cluster: {error}", file=sys.stderr)
+            return 1
         crds = REPO / "manifests" / "crds"
         cluster.kubectl("apply", "--server-side", "-f", str(crds))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
         cluster.kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"))  # the operator's Leases go there
         state = {
-            "pids": [process.popen.pid for process in plane.processes],
-            "workdir": str(plane.workdir),
+            "pids": local.pids(),
+            "workdir": str(local.dir),
             "kubeconfig": str(cluster.kubeconfig),
-            "kubectl": str(plane.bin_dir / "kubectl"),
+            "kubectl": str(local.bin_dir / "kubectl"),
         }
         STATE.parent.mkdir(parents=True, exist_ok=True)
         STATE.write_text(json.dumps(state))
-        print(f"cluster up, CRDs applied; kubectl is {state['kubectl']}", file=sys.stderr)
+        images = ", ".join(node.IMAGES[name] for name in (image.SCHEDULEZERO, image.VENDOR))
+        print(f"cluster up: node {node.NODE_NAME} Ready, CRDs applied, images {images}", file=sys.stderr)
+        print(f"kubectl and helm are in {local.bin_dir}", file=sys.stderr)
     print(f"export KUBECONFIG={state['kubeconfig']}")
     # kubectl, and the kubectl-schedulezero plugin beside this interpreter.
     print(f"export PATH={pathlib.Path(str(state['kubectl'])).parent}:{pathlib.Path(sys.executable).parent}:$PATH")
@@ -106,18 +121,24 @@ def _stop(pid: int) -> None:
 
 
 def down(*, quiet: bool = False) -> int:
+    """Stops this checkout's cluster, or removes what a killed one left on the machine."""
+    removed = False
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         state = json.loads(STATE.read_text())
-        pids = [int(pid) for pid in state["pids"]]
-        for pid in reversed(pids):  # the API server before etcd
-            _stop(pid)
-        shutil.rmtree(state["workdir"], ignore_errors=True)
+        ours = node.running_state()
+        if ours is None or ours.get("dir") == state["workdir"]:
+            removed = node.teardown(quiet=True)
+            pids = [int(pid) for pid in state["pids"]]
+            for pid in reversed(pids):  # whatever the node's teardown did not know of
+                if _alive(pid):
+                    _stop(pid)
+            shutil.rmtree(state["workdir"], ignore_errors=True)
         STATE.unlink()
-        if not quiet:
-            print("cluster stopped and removed", file=sys.stderr)
-        return 0
+        removed = True
+    if not removed:
+        removed = node.teardown(quiet=True)  # a node whose `up` was killed before it wrote STATE
     if not quiet:
-        print("no cluster running", file=sys.stderr)
+        print("cluster stopped and removed" if removed else "no cluster running", file=sys.stderr)
     return 0
 
 
