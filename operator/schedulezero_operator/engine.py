@@ -839,9 +839,11 @@ class Engine:
             self.metrics.fenced_sends.inc()
             log.info("%s; left to the new owner", fenced)
             return None
-        if not self._drained.is_set():  # a burst's calls go out first; the records can wait
-            await self._drained.wait()
+        # Ended: it no longer holds the Schedule's slot, even while its record waits for a burst's calls to go
+        # out first (a Forbid Schedule whose next time is in that burst must not see it as still running).
         state.active.pop(run.id, None)
+        if not self._drained.is_set():
+            await self._drained.wait()
         if self._schedules.get(state.key) is state:  # not removed or re-created meanwhile
             self._progressed(state.key)
             self._finish(state, record)

@@ -8,6 +8,7 @@ before every send, and every way a run ends recorded in status.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import itertools
@@ -367,3 +368,26 @@ async def test_a_catch_up_on_a_slow_machine_loses_no_time_between_its_clock_read
     await eventually(lambda: set(expected) <= set(handler.nominals(key)), timeout=30)
     assert not deliveries.double_fired(handler.runs(key))
     replica.engine.remove_schedule(key)
+
+
+async def test_a_run_that_ended_during_a_burst_does_not_hold_back_a_forbid_schedules_next_time(
+    replica: Replica, handler: Journalled
+) -> None:
+    """While a burst of due times is being handed out, an ended run's record waits, so that the burst's calls go
+    out first; the run must not count as still running meanwhile, or a Forbid Schedule whose next time is in
+    that burst would skip it. Here the burst is held open by hand, as a loaded machine holds it open."""
+    key = new_key()
+    apply(
+        replica.engine, key, {"method": "tick", "schedule": "@every 1h", "concurrencyPolicy": "Forbid"}, created=now()
+    )
+    replica.engine._drained.clear()  # a burst is being handed out
+    try:
+        assert replica.engine.run_now(key, "first")
+        await eventually(lambda: handler.runs(key), timeout=10)
+        await asyncio.sleep(0.5)  # its reply is in: the run has ended, its record waits for the burst
+        assert replica.engine.run_now(key, "second")  # due in the burst
+        await eventually(lambda: len(handler.runs(key)) == 2, timeout=10)
+    finally:
+        replica.engine._drained.set()
+    await eventually(lambda: len(rendered(replica.engine, key)["runs"]) == 2)
+    assert [r["outcome"] for r in rendered(replica.engine, key)["runs"]] == ["Succeeded", "Succeeded"]
