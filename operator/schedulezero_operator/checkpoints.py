@@ -4,10 +4,18 @@ Status is written at most every few seconds per Schedule (and, under an API
 budget, later still), so it cannot say exactly how far a Schedule got. Each
 shard's owner keeps a checkpoint: for every Schedule of the shard, the last
 nominal time started and the scheduled runs in flight, written about once a
-second while anything changes. Its cost is one write per shard per second,
-however many Schedules there are. A new owner starts from the newer of a
-Schedule's status and its checkpoint, and re-sends the runs in flight under
-the same run ids, which a handler answers from its reply cache.
+second while anything changes, and at least once a minute regardless. Its
+cost is one write per shard per second, however many Schedules there are. A
+new owner starts from the newer of a Schedule's status and its checkpoint,
+and re-sends the runs in flight under the same run ids, which a handler
+answers from its reply cache.
+
+A checkpoint is an input like a Schedule's status (``inputs.py``): anyone
+allowed to edit ConfigMaps in the operator's namespace can damage or delete
+it. Its entries are read one by one, a new owner checks each against its
+Schedule before acting on it and writes the checkpoint back at once with only
+its own Schedules' believable progress, and an owner whose write finds the
+ConfigMap deleted creates it again.
 
 Size: an entry is 55 bytes (a uid and a millisecond timestamp), 71 with a
 run in flight and 14 more for each further run in flight (only
@@ -24,6 +32,7 @@ import asyncio
 import datetime
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -154,6 +163,7 @@ class Checkpointer:
         shard_of: Callable[[ScheduleKey], int],
         owns_shard: Callable[[int], bool],
         interval: float = 1.0,
+        refresh: float = 60.0,
         on_write: Callable[[int, int], None] | None = None,
     ) -> None:
         self._store = store
@@ -161,6 +171,9 @@ class Checkpointer:
         self._shard_of = shard_of
         self._owns_shard = owns_shard
         self._interval = interval
+        self._refresh = refresh
+        """Seconds after which an owned shard's checkpoint is written again, changed or not."""
+        self._written_at: dict[int, float] = {}
         self._on_write = on_write
         self._members: defaultdict[int, set[ScheduleKey]] = defaultdict(set)
         self._shards: dict[ScheduleKey, int] = {}
@@ -197,6 +210,7 @@ class Checkpointer:
         """
         content, version = await self._store.read(shard)
         self._versions[shard] = version
+        self._written_at[shard] = time.monotonic()
         self._loaded[shard], unreadable = read_entries(content)
         if unreadable:
             log.warning("checkpoint of shard %d: %d unreadable entries dropped", shard, unreadable)
@@ -222,7 +236,17 @@ class Checkpointer:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            self.refresh_due()
             await self.flush()
+
+    def refresh_due(self) -> None:
+        """Marks the owned shards not written for ``refresh`` seconds, changed or not: a checkpoint someone
+        deleted or edited while its Schedules were quiet is the owner's own again within that time, at one
+        write per shard per ``refresh`` seconds."""
+        now = time.monotonic()
+        for shard, written in self._written_at.items():
+            if now - written >= self._refresh and self._owns_shard(shard):
+                self._dirty.add(shard)
 
     async def flush(self) -> None:
         for shard in sorted(self._dirty):
@@ -265,6 +289,7 @@ class Checkpointer:
             self._dirty.add(shard)
             return
         self._loaded[shard] = {}
+        self._written_at[shard] = time.monotonic()
         if len(kept) < len(loaded):
             log.warning(
                 "checkpoint of shard %d: %d entries of no Schedule of the shard (deleted, or written by someone "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import uuid
@@ -153,3 +154,27 @@ class Damaged(Recording):
 
     async def read(self, shard: int) -> tuple[str | None, str]:
         return self.content, "1"
+
+
+async def test_a_quiet_shards_checkpoint_is_written_again_after_the_refresh_however_it_was_damaged() -> None:
+    """Nothing changes in the shard, yet someone deleted or edited its checkpoint: the owner writes it again
+    after ``refresh`` seconds, and only then."""
+    store = Damaged(json.dumps({"schedules": {"fake": [1]}}))
+    writer = checkpoints.Checkpointer(
+        store,
+        progress=lambda key: ("own", engine.Progress(T)),
+        shard_of=lambda key: 0,
+        owns_shard=lambda shard: True,
+        refresh=0.2,
+    )
+    writer.track(ScheduleKey("ns", "own"))
+    await writer.load(0)
+    await writer.flush()
+    writer.refresh_due()
+    await writer.flush()
+    assert len(store.written) == 1  # written at the takeover, and not again before the refresh
+    await asyncio.sleep(0.3)
+    writer.refresh_due()
+    await writer.flush()
+    assert len(store.written) == 2
+    assert checkpoints.decode(store.written[1]) == {"own": engine.Progress(T)}
