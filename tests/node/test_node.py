@@ -1,0 +1,278 @@
+"""ScheduleZero's pods on a real node, installed by ``helm install`` as a user installs them.
+
+In file order, on one installation: every pod Ready through its own probes,
+the operators authenticated in-cluster and elected by pod name; Schedules
+every second running on all three vendor handler pods over the EndpointSlices
+the controller writes; the PodDisruptionBudget refusing an eviction; faults
+(a deleted operator pod, a SIGKILLed operator process, a deleted handler pod,
+a ``helm upgrade`` rolling both Deployments) with every nominal time in the
+window run exactly once, judged by the handler pods' delivery journals; and
+``helm uninstall`` removing the pods but not the CRDs or the Schedules.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.node.conftest import HANDLER, SHOP, SYSTEM, Installed
+from tests.support import controlplane, deliveries
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.node
+
+OPERATOR = "app.kubernetes.io/component=operator"
+CONDUCTOR = "app.kubernetes.io/component=conductor"
+HANDLER_PODS = f"app.kubernetes.io/instance={HANDLER}"
+SCHEDULES = 6
+"""Schedules ``@every 1s`` on the vendor handler: enough run ids to reach all three pods every second."""
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def names(pods: list[dict[str, Any]]) -> list[str]:
+    return sorted(pod["metadata"]["name"] for pod in pods)
+
+
+def all_ready(installed: Installed, namespace: str, selector: str, count: int) -> list[dict[str, Any]] | None:
+    """The pods, once exactly ``count`` of them exist and every one is Ready."""
+    pods = installed.pods(namespace, selector)
+    return pods if len(pods) == count and all(ready(p) for p in pods) else None
+
+
+def leases(installed: Installed) -> dict[str, str]:
+    """Every Lease of the release namespace, by name, with its holder."""
+    items = installed.kubectl_json("get", "leases", "-n", SYSTEM)["items"]
+    assert isinstance(items, list)
+    return {lease["metadata"]["name"]: lease["spec"].get("holderIdentity") or "" for lease in items}
+
+
+def shard_holders(installed: Installed) -> dict[str, str]:
+    return {name: holder for name, holder in leases(installed).items() if "-shard-" in name}
+
+
+def journals(installed: Installed) -> dict[str, list[deliveries.Delivery]]:
+    """Each handler pod's deliveries, by pod name, including pods since deleted."""
+    return {path.stem: deliveries.read(path) for path in sorted(installed.journal.glob("*.jsonl"))}
+
+
+def by_run(found: list[deliveries.Delivery]) -> set[tuple[str, str]]:
+    return set(deliveries.by_run(found, prefix=f"{SHOP}/"))
+
+
+def schedules_list() -> str:
+    documents = [
+        {
+            "apiVersion": "schedulezero.io/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": f"beat-{i}", "namespace": SHOP},
+            "spec": {"handler": HANDLER, "method": "status", "schedule": "@every 1s", "catchUpPolicy": "All"},
+        }
+        for i in range(SCHEDULES)
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
+
+
+def operators_settled(installed: Installed) -> bool:
+    """Two operator pods Ready, and every shard held by one of them."""
+    pods = all_ready(installed, SYSTEM, OPERATOR, 2)
+    if pods is None:
+        return False
+    holders = shard_holders(installed)
+    return bool(holders) and all(any(h.startswith(p) for p in names(pods)) for h in holders.values())
+
+
+def test_every_pod_is_ready_through_its_probes_and_the_operators_elect_by_pod_name(installed: Installed) -> None:
+    operators = eventually(lambda: all_ready(installed, SYSTEM, OPERATOR, 2), timeout=120)
+    eventually(lambda: all_ready(installed, SYSTEM, CONDUCTOR, 1), timeout=120)
+    eventually(lambda: all_ready(installed, SHOP, HANDLER_PODS, 3), timeout=120)
+    for pod in operators:
+        # The ServiceAccount's token, mounted by the kubelet, is what the operator authenticates with.
+        assert pod["spec"]["serviceAccountName"] == "schedulezero-operator"
+        assert pod["spec"]["nodeName"] == "schedulezero-node"
+    # The replicas elect under their pod names (the downward API), in the release namespace's Leases.
+    eventually(lambda: operators_settled(installed), timeout=120)
+    members = [name for name in leases(installed) if "-member-" in name]
+    for pod in names(operators):
+        assert any(pod in member for member in members), (pod, members)
+    # The shards spread over both replicas.
+    eventually(lambda: len(set(shard_holders(installed).values())) == 2, timeout=120)
+
+    def handler_three_of_three() -> bool:
+        status = installed.kubectl_json("get", "handlers.schedulezero.io", HANDLER, "-n", SHOP).get("status") or {}
+        assert isinstance(status, dict)
+        return status.get("replicas") == 3 and status.get("readyReplicas") == 3
+
+    # The Handler counts the pods behind its Service from the EndpointSlices the controller writes.
+    eventually(handler_three_of_three, timeout=120)
+
+
+def test_schedules_every_second_run_on_all_three_handler_pods(installed: Installed) -> None:
+    installed.cluster.kubectl("apply", "-f", "-", input=schedules_list())
+    handler_pods = names(installed.pods(SHOP, HANDLER_PODS))
+
+    def every_pod_ran() -> bool:
+        found = journals(installed)
+        return all(any(d.schedule and d.answer == "run" for d in found.get(pod, [])) for pod in handler_pods)
+
+    eventually(every_pod_ran, timeout=120, interval=1)
+    for i in range(SCHEDULES):
+        eventually(
+            lambda i=i: installed.kubectl_json("get", "sched", f"beat-{i}", "-n", SHOP)["status"],  # type: ignore[misc]
+            timeout=60,
+            ignoring=(KeyError,),
+        )
+    # The conductor, in its pod, scrapes each handler pod (pod IPs are reachable from the node).
+    conductor = installed.pods(SYSTEM, CONDUCTOR)[0]
+    metrics = f"http://{conductor['status']['podIP']}:9465/metrics"
+
+    def scraped_every_pod() -> bool:
+        with urllib.request.urlopen(metrics, timeout=5) as response:
+            text = response.read().decode()
+        lines = text.splitlines()
+        up = [line for line in lines if line.startswith("schedulezero_handler_up{") and line.endswith(" 1.0")]
+        return all(any(f'pod="{pod}"' in line for line in up) for pod in handler_pods)
+
+    eventually(scraped_every_pod, timeout=90, interval=2, ignoring=(OSError,))
+
+
+def evict(installed: Installed, pod: str, *, dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": SYSTEM},
+        **({"deleteOptions": {"dryRun": ["All"]}} if dry_run else {}),
+    }
+    return installed.cluster.kubectl(
+        "create", "--raw", f"/api/v1/namespaces/{SYSTEM}/pods/{pod}/eviction", "-f", "-",
+        input=json.dumps(eviction), check=False,
+    )  # fmt: skip
+
+
+def test_the_disruption_budget_refuses_to_evict_the_second_operator(installed: Installed) -> None:
+    eventually(lambda: operators_settled(installed), timeout=120)
+    first, second = names(installed.pods(SYSTEM, OPERATOR))
+    assert evict(installed, first).returncode == 0
+    refused = evict(installed, second)
+    assert refused.returncode != 0
+    assert "disruption budget" in refused.stderr, refused.stderr
+    # Once the first one's replacement is Ready, the budget allows one again.
+    eventually(lambda: operators_settled(installed), timeout=120)
+    eventually(lambda: evict(installed, second, dry_run=True).returncode == 0, timeout=60, interval=1)
+
+
+def container_pid(installed: Installed, pod: dict[str, Any]) -> int:
+    """The host PID of the pod's first container, from containerd."""
+    container = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    for line in installed.local.ctr("tasks", "ls").stdout.splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == container:
+            return int(pid)
+    raise AssertionError(f"no task for container {container}")
+
+
+def test_faults_and_an_upgrade_leave_every_time_in_the_window_run_exactly_once(installed: Installed) -> None:
+    kubectl = installed.cluster.kubectl
+    eventually(lambda: operators_settled(installed), timeout=120)
+    eventually(lambda: all_ready(installed, SHOP, HANDLER_PODS, 3), timeout=120)
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(seconds=2)
+    time.sleep(3)
+    faults = []
+
+    # 1. kubectl delete pod of a replica holding shards.
+    holder = sorted(shard_holders(installed).values())[0]
+    victim = next(p for p in names(installed.pods(SYSTEM, OPERATOR)) if holder.startswith(p))
+    kubectl("delete", "pod", victim, "-n", SYSTEM, "--wait=false")
+    faults.append(f"deleted operator {victim}")
+    eventually(lambda: operators_settled(installed), timeout=180)
+
+    # 2. SIGKILL of an operator container's process: the kubelet restarts the container.
+    pod = installed.pods(SYSTEM, OPERATOR)[0]
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    os.kill(container_pid(installed, pod), signal.SIGKILL)
+    faults.append(f"SIGKILLed operator {pod['metadata']['name']}")
+
+    def restarted() -> bool:
+        now = installed.kubectl_json("get", "pod", pod["metadata"]["name"], "-n", SYSTEM)
+        statuses = now["status"]["containerStatuses"]
+        return bool(statuses[0]["restartCount"] > restarts)
+
+    eventually(restarted, timeout=120, interval=1)
+    eventually(lambda: operators_settled(installed), timeout=180)
+
+    # 3. kubectl delete pod of a handler pod while runs keep arriving.
+    handler_pod = names(installed.pods(SHOP, HANDLER_PODS))[0]
+    kubectl("delete", "pod", handler_pod, "-n", SHOP, "--wait=false")
+    faults.append(f"deleted handler {handler_pod}")
+    eventually(lambda: all_ready(installed, SHOP, HANDLER_PODS, 3), timeout=180, interval=1)
+
+    # 4. helm upgrade rolling both Deployments (a changed pod annotation, as a user's upgrade would).
+    installed.cluster.helm(
+        "upgrade", "schedulezero", str(controlplane.REPO / "charts" / "schedulezero"), "-n", SYSTEM,
+        "--reuse-values", "--set", "operator.podAnnotations.rolled=yes", "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    installed.cluster.helm(
+        "upgrade", HANDLER, str(controlplane.REPO / "charts" / "handler"), "-n", SHOP,
+        "--reuse-values", "--set", "podAnnotations.rolled=yes", "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    faults.append("helm upgrade of both releases")
+    eventually(lambda: operators_settled(installed), timeout=180)
+    eventually(lambda: all_ready(installed, SHOP, HANDLER_PODS, 3), timeout=180)
+    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(seconds=2)
+
+    def in_window(nominal: str) -> bool:
+        return start <= datetime.datetime.fromisoformat(nominal) <= end
+
+    expected = {
+        (f"{SHOP}/beat-{i}", start + datetime.timedelta(seconds=s))
+        for i in range(SCHEDULES)
+        for s in range(int((end - start).total_seconds()) + 1)
+    }
+
+    def window() -> dict[tuple[str, str], list[deliveries.Delivery]]:
+        sent = deliveries.by_run([d for found in journals(installed).values() for d in found], prefix=f"{SHOP}/")
+        return {run: d for run, d in sent.items() if in_window(run[1])}
+
+    def missing() -> list[tuple[str, datetime.datetime]]:
+        seen = {(schedule, datetime.datetime.fromisoformat(nominal)) for schedule, nominal in window()}
+        return sorted(expected - seen)
+
+    report = f"window {start:%H:%M:%S}..{end:%H:%M:%S}, faults: {faults}"
+    try:
+        eventually(lambda: not missing(), timeout=120, interval=1)
+    except AssertionError:
+        gone = missing()
+        raise AssertionError(f"{len(gone)} times never ran, e.g. {gone[:5]}; {report}") from None
+    runs = window()
+    doubled = deliveries.double_fired(runs)
+    assert not doubled, f"{len(doubled)} runs fired twice, e.g. {list(doubled.items())[:3]}; {report}"
+    assert len(runs) == len(expected), report
+    unanswered = [run for run, sent in runs.items() if not any(d.answer == "run" for d in sent)]
+    assert not unanswered, f"{len(unanswered)} runs never executed, e.g. {unanswered[:3]}; {report}"
+    pods_used = {pod for pod, found in journals(installed).items() if any(run in runs for run in by_run(found))}
+    print(f"{len(runs)} runs in the window on {len(pods_used)} handler pods; {report}")
+
+
+def test_helm_uninstall_removes_the_pods_and_keeps_the_crds_and_schedules(installed: Installed) -> None:
+    installed.cluster.helm("uninstall", HANDLER, "-n", SHOP, "--wait", "--timeout", "3m")
+    installed.cluster.helm("uninstall", "schedulezero", "-n", SYSTEM, "--wait", "--timeout", "3m")
+    for namespace in (SHOP, SYSTEM):
+        eventually(lambda namespace=namespace: not installed.pods(namespace, ""), timeout=120, interval=1)  # type: ignore[misc]
+    crds = installed.cluster.kubectl("get", "crd", "-o", "name").stdout
+    assert "customresourcedefinition.apiextensions.k8s.io/schedules.schedulezero.io" in crds
+    assert "customresourcedefinition.apiextensions.k8s.io/handlers.schedulezero.io" in crds
+    left = installed.cluster.kubectl("get", "sched", "-n", SHOP, "-o", "name").stdout.split()
+    assert len(left) == SCHEDULES, left
