@@ -132,6 +132,10 @@ class ScheduleState:
     """A backfill's times not started yet; they run in the chain after any owed scheduled time."""
     chain: asyncio.Task[None] | None = None
     """The task running ``owed`` and ``backfill_times`` one after another, while there are any."""
+    waiting: datetime.datetime | None = None
+    """Under Forbid, a time that came due while the previous run was in flight: it starts when that run ends,
+    or is Skipped if the following time comes due first. So a run that ends a moment late (a Busy handler, an
+    operator lagging under load) delays the next one instead of costing it."""
     resend: set[datetime.datetime] = dataclasses.field(default_factory=set)
     """Owed times that a previous owner left in flight: sent again, and marked so in the call."""
 
@@ -300,6 +304,7 @@ class Engine:
                 )
             return state.invalid
         self._index(state, spec)
+        self._drop_waiting(state, "the Schedule changed while the run waited for the previous one")
         state.spec, state.generation, state.created = dict(spec), generation, created
         try:
             runs.check_params(spec.get("params"))
@@ -496,7 +501,8 @@ class Engine:
         if state is None:
             return None
         in_flight = [run.nominal for run in state.active.values() if run.id == runs.run_id(state.uid, run.nominal)]
-        return state.uid, Progress(state.history.last_schedule_time, tuple(sorted({*in_flight, *state.owed})))
+        owed = {*in_flight, *state.owed, *([state.waiting] if state.waiting is not None else [])}
+        return state.uid, Progress(state.history.last_schedule_time, tuple(sorted(owed)))
 
     # -- outputs ------------------------------------------------------------------
 
@@ -509,6 +515,14 @@ class Engine:
         rendered["observedGeneration"] = state.generation
         rendered["nextRunTime"] = status.rfc3339(state.next_run_time)
         rendered["active"] = [run.render() for run in state.active.values()]
+        if state.waiting is not None:
+            rendered["active"].append(
+                {
+                    "runId": str(runs.run_id(state.uid, state.waiting)),
+                    "scheduledTime": status.rfc3339(state.waiting),
+                    "waiting": "for the previous run to end (concurrencyPolicy Forbid)",
+                }
+            )
         rendered["updatedTime"] = status.rfc3339(utcnow())
         return rendered
 
@@ -729,20 +743,39 @@ class Engine:
             self._run_chain(state)
             return
         if state.active:
+            if state.policy == "Forbid" and manual:
+                self._skip(state, nominal, "the previous run was still running", run_id=run_id)
+                return
             if state.policy == "Forbid":
-                self._record_unrun(
-                    state, nominal, status.Outcome.SKIPPED, "the previous run was still running", run_id=run_id
-                )
-                self._event(
-                    state.key,
-                    warning=True,
-                    reason="Skipped",
-                    message=f"run of {status.rfc3339(nominal)} skipped: previous run active",
-                )
+                if state.waiting is not None:
+                    self._skip(state, state.waiting, "the previous run was still running when the next time came")
+                state.waiting = nominal
+                self._writer.mark(state.key)
+                self._progressed(state.key)
                 return
             if state.policy == "Replace":
                 self._replace(state)
         self._start(state, nominal, run_id=run_id, trigger="run-now" if manual else "schedule")
+
+    def _skip(
+        self, state: ScheduleState, nominal: datetime.datetime, why: str, *, run_id: uuid.UUID | None = None
+    ) -> None:
+        self._record_unrun(state, nominal, status.Outcome.SKIPPED, why, run_id=run_id)
+        message = f"run of {status.rfc3339(nominal)} skipped: previous run active"
+        self._event(state.key, warning=True, reason="Skipped", message=message)
+
+    def _start_waiting(self, state: ScheduleState) -> None:
+        """Starts the time that waited for the run that just ended (Forbid), now that none is in flight."""
+        if state.waiting is None or state.active or self._schedules.get(state.key) is not state:
+            return
+        nominal, state.waiting = state.waiting, None
+        if self._start(state, nominal) is None and not self._owns(state.key):
+            log.debug("%s: run of %s left to the new owner", state.key, status.rfc3339(nominal))
+
+    def _drop_waiting(self, state: ScheduleState, why: str) -> None:
+        if state.waiting is not None:
+            nominal, state.waiting = state.waiting, None
+            self._record_unrun(state, nominal, status.Outcome.SKIPPED, why)
 
     def _replace(self, state: ScheduleState) -> None:
         handler = self._handlers.get((state.key.namespace, str(state.spec.get("handler"))))
@@ -842,6 +875,7 @@ class Engine:
         # Ended: it no longer holds the Schedule's slot, even while its record waits for a burst's calls to go
         # out first (a Forbid Schedule whose next time is in that burst must not see it as still running).
         state.active.pop(run.id, None)
+        self._start_waiting(state)
         if not self._drained.is_set():
             await self._drained.wait()
         if self._schedules.get(state.key) is state:  # not removed or re-created meanwhile

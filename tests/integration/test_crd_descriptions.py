@@ -33,7 +33,10 @@ SUSPENSION: Proof = (
     test_engine.test_times_during_a_suspension_are_not_runs_neither_run_nor_missed_nor_warned_of,
     {"policy": "All"},
 )
-FORBID: Proof = (test_engine.test_forbid_skips_runs_while_the_previous_one_runs, {})
+FORBID: Proof = (
+    test_engine.test_forbid_lets_a_run_wait_for_the_previous_one_and_skips_it_if_the_next_time_comes_first,
+    {},
+)
 ALLOW: Proof = (test_engine.test_allow_overlaps_runs, {})
 REPLACE: Proof = (test_engine.test_replace_cancels_the_running_call, {})
 CHAIN_FORBID: Proof = (test_engine.test_times_due_during_a_catch_up_wait_their_turn, {"policy": "Forbid"})
@@ -108,13 +111,15 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
     ),
     "concurrencyPolicy": (
         Claim(
-            "What to do when a run is due while the previous one is still in flight: Forbid records the new run as "
-            "Skipped without calling the handler,",
+            "What to do when a run is due while the previous one is still in flight: Forbid lets the new run wait and "
+            "start when the previous one ends, and records it as Skipped without calling the handler if the next time "
+            "comes first,",
             (FORBID,),
             (
                 (
                     "docs/architecture.md",
-                    "a run is active and `concurrencyPolicy: Forbid` (the default) | recorded `Skipped`",
+                    "a run is active and `concurrencyPolicy: Forbid` (the default) | the time waits and starts when "
+                    "the run ends; if the next time comes first, the waiting one is recorded `Skipped`",
                 ),
             ),
         ),

@@ -18,6 +18,7 @@ from schedulezero_handler import client as client_
 from schedulezero_handler import protocol
 from schedulezero_operator import engine as engine_
 from schedulezero_operator import runs
+from schedulezero_operator import status as status_
 from schedulezero_operator.sinks import ScheduleKey
 from tests.support import controlplane, processes
 
@@ -176,18 +177,25 @@ async def test_a_run_past_its_timeout_is_timed_out(engine: engine_.Engine, clien
     assert 1.9 < run["durationSeconds"] < 4.5  # two 1-second attempts, not the method's 5 seconds
 
 
-async def test_forbid_skips_runs_while_the_previous_one_runs(
+async def test_forbid_lets_a_run_wait_for_the_previous_one_and_skips_it_if_the_next_time_comes_first(
     engine: engine_.Engine, client: client_.Client, handler: processes.HandlerProcess
 ) -> None:
+    """Runs of 2.5 s every second: never two at once; the time due while one runs waits and starts as it ends,
+    and a time still waiting when the next one comes is Skipped without reaching the handler."""
     key = apply(engine, {"method": "tick", "params": {"seconds": 2.5}, "schedule": "@every 1s"})
     history = await eventually(
-        lambda: (rs := records(engine, key)) and any(r["outcome"] == "Succeeded" for r in rs) and rs, timeout=10
+        lambda: (rs := records(engine, key)) and sum(r["outcome"] == "Succeeded" for r in rs) >= 2 and rs, timeout=15
     )
     engine.remove_schedule(key)
-    outcomes = [r["outcome"] for r in history]
-    assert outcomes.count("Skipped") >= 1
-    assert outcomes.count("Succeeded") == 1
-    assert len(await ticks(client, handler, key)) == 1  # skipped runs never reached the handler
+    succeeded = sorted((r for r in history if r["outcome"] == "Succeeded"), key=lambda r: r["startTime"])
+    assert [r for r in history if r["outcome"] == "Skipped"]
+    for earlier, later in itertools.pairwise(succeeded):
+        assert _time(later["startTime"]) >= _time(earlier["finishTime"])  # never two at once
+        waited = (_time(later["startTime"]) - _time(later["scheduledTime"])).total_seconds()
+        assert waited > 0.3  # it waited for the previous run rather than being skipped
+    skipped = {r["scheduledTime"] for r in history if r["outcome"] == "Skipped"}
+    reached = {status_.rfc3339(_time(t["scheduled"])) for t in await ticks(client, handler, key)}
+    assert not skipped & reached  # skipped runs never reached the handler
 
 
 async def test_allow_overlaps_runs(
