@@ -32,6 +32,9 @@ from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
 
+UNREADY_REPORTED = frozenset({"HandlerNotFound", "HandlerUnreachable", "MethodNotFound", "InvalidParams"})
+"""Ready reasons local mode reports on the terminal (an invalid Schedule is reported when its file is read)."""
+
 # Where the state file used to be, inside the directory; moved out on first start.
 OLD_STATE_FILE = ".schedulezero-state.json"
 
@@ -200,6 +203,8 @@ class LocalMode:
         self._schedules: dict[ScheduleKey, manifests.Resource] = {}
         self._handlers: dict[tuple[str, str], manifests.Resource] = {}
         self._problems: set[str] = set()
+        self._unready: dict[ScheduleKey, str] = {}
+        """What was last said of each Schedule that cannot run as written, so it is said once."""
         self._fingerprint = ""
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -256,6 +261,7 @@ class LocalMode:
                 if invalid is not None:
                     self.terminal.problem(f"{resource.source}: Schedule {key}: {invalid}")
         self._schedules = schedules
+        self._report_unready()
 
     def _apply_handler(self, namespace: str, name: str, resource: manifests.Resource) -> None:
         endpoint = resource.spec.get("endpoint")
@@ -277,3 +283,18 @@ class LocalMode:
         params = {m["name"]: tuple(m.get("params", ())) for m in result.described} if reachable else None
         info = engine_.HandlerInfo(result.endpoint, methods, reachable=reachable, params=params)
         self.engine.set_handler(namespace, name, info)
+        self._report_unready()
+
+    def _report_unready(self) -> None:
+        """Says, once, which Schedules name a Handler, method or params that cannot work; their runs still fire
+        and fail, as in a cluster, but a user should not have to find that out from the run lines."""
+        for key, resource in self._schedules.items():
+            rendered = self.engine.render_status(key)
+            ready = next((c for c in (rendered or {}).get("conditions", []) if c["type"] == "Ready"), None)
+            if ready is None or ready["status"] == "True" or ready["reason"] not in UNREADY_REPORTED:
+                self._unready.pop(key, None)
+                continue
+            said = f"{resource.source}: Schedule {key}: {ready['reason']}: {ready['message']}"
+            if self._unready.get(key) != said:
+                self._unready[key] = said
+                self.terminal.problem(said)

@@ -133,6 +133,10 @@ async def test_bad_files_are_reported_and_the_rest_keep_running(
     write(directory, "zone.yaml", schedule_yaml("zone", probe + 'schedule: "@daily"\ntimeZone: Mars/Olympus\n'))
     write(directory, "orphan.yaml", schedule_yaml("orphan", 'handler: nowhere\nmethod: tick\nschedule: "@every 1s"\n'))
     write(directory, "good.yaml", schedule_yaml("good", probe + 'schedule: "@every 1s"\n'))
+    method = 'handler: probe\nmethod: nope\nschedule: "@hourly"\n'
+    write(directory, "method.yaml", schedule_yaml("method", method))
+    params = 'handler: probe\nmethod: add\nparams: {b: 1}\nschedule: "@hourly"\n'
+    write(directory, "params.yaml", schedule_yaml("params", params))
 
     output = io.StringIO()
     mode = local.LocalMode(
@@ -154,6 +158,12 @@ async def test_bad_files_are_reported_and_the_rest_keep_running(
     assert "hour field '25'" in text
     assert "Mars/Olympus" in text
     assert len(await ticks(client, handler.endpoint, "good")) >= 2  # the valid Schedule ran regardless
+    # Said once each, as soon as the handler's probe shows what it exposes.
+    assert (
+        text.count("method.yaml: Schedule default/method: MethodNotFound: Handler 'probe' does not expose 'nope'") == 1
+    )
+    assert text.count("params.yaml: Schedule default/params: InvalidParams: add: spec.params lacks") == 1
+    assert text.count("orphan.yaml: Schedule default/orphan: HandlerNotFound") == 1
     saved = json.loads((tmp_path / "state.json").read_text())["schedules"]
     orphan = saved["default/orphan"]["status"]
     assert orphan["conditions"][0]["reason"] == "HandlerNotFound"
