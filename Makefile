@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := prometheus iproute2 buildah debootstrap \
 	containerd runc catatonit containernetworking-plugins iptables conntrack
 
-.PHONY: demo test setup venv debs control-plane image cluster cluster-down lint typecheck pytest manifests clean
+.PHONY: demo test test-node setup venv debs control-plane image cluster cluster-down lint typecheck pytest manifests clean
 
 test: setup lint typecheck pytest
 
@@ -50,9 +50,11 @@ control-plane:
 image: debs
 	@tools/image/build.sh
 
-# A local etcd + kube-apiserver with the CRDs, to try the operator with kubectl:
-# eval "$(make -s cluster)" sets KUBECONFIG (and PATH for kubectl); make cluster-down removes it.
-# Only a build's progress is shown (make -s cluster prints nothing else when it is cached).
+# A local one-node cluster (etcd, kube-apiserver, containerd, kubelet, kube-controller-manager,
+# kube-scheduler, kube-proxy) with the CRDs and the built images, to helm install ScheduleZero on:
+# eval "$(make -s cluster)" sets KUBECONFIG (and PATH for kubectl and helm); make cluster-down
+# removes everything it made. Needs root. Only a build's progress is shown (make -s cluster
+# prints nothing else when it is cached).
 cluster: venv
 	@bin=$$(SCHEDULEZERO_BUILD_QUIET=1 tools/k8s/build.sh) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/python tools/k8s/cluster.py up
 
@@ -70,6 +72,11 @@ typecheck: venv
 # prints its directory, handed over here so both agree on where it is.
 pytest: venv control-plane
 	bin=$$(tools/k8s/build.sh 2>/dev/null) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/pytest $(PYTEST_ARGS)
+
+# The node tier alone (tests/node/, also part of make test): ScheduleZero installed with helm on a
+# one-node cluster of its own.
+test-node: setup
+	$(MAKE) pytest PYTEST_ARGS=tests/node
 
 # manifests/ for kubectl users, rendered from charts/schedulezero (whose crds/
 # and files/ are refreshed from the operator's CRDs and monitoring/ first).

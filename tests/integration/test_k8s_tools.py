@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -51,3 +52,25 @@ def test_required_reads_blocks_and_single_lines() -> None:
     gomod = "module m\n\nrequire a.b/c v1.2.3\n\nrequire (\n\tk8s.io/api v0.0.0\n\tx.y/z v0.1.0 // indirect\n)\n"
     assert generate.required(gomod) == {"a.b/c": "v1.2.3", "k8s.io/api": "v0.0.0", "x.y/z": "v0.1.0"}
     assert generate.staging_version("v1.37.2") == "v0.37.2"
+
+
+def test_the_wrapper_lists_every_binary_build_sh_builds_so_go_sum_covers_them() -> None:
+    """go.sum is complete for a binary only if the module lists it as a tool: kubelet needs modules no other does."""
+    wrapper = (TOOLS / "kubernetes" / "go.mod").read_text()
+    tools = set(re.findall(r"^\s*k8s\.io/kubernetes/cmd/(\S+)$", wrapper, flags=re.MULTILINE))
+    built = set(re.findall(r"build_kube (\S+)$", (TOOLS / "build.sh").read_text(), flags=re.MULTILINE))
+    assert built == {"kube-apiserver", "kubectl", "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy"}
+    assert tools == built
+    assert {f"k8s.io/kubernetes/cmd/{name}" for name in built} == set(generate.KUBERNETES_TOOLS)
+    go_sum = (TOOLS / "kubernetes" / "go.sum").read_text()
+    assert "github.com/google/cadvisor/lib " in go_sum  # one of the modules only kubelet needs
+    # Go's own check: every package of every tool resolves from go.mod and go.sum alone, offline.
+    done = subprocess.run(
+        ["go", "list", "-mod=readonly", "-deps", *sorted(generate.KUBERNETES_TOOLS)],
+        cwd=TOOLS / "kubernetes",
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "GOFLAGS": "-mod=readonly", "GOPROXY": "off"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
