@@ -6,7 +6,8 @@ every second running on all three vendor handler pods over the EndpointSlices
 the controller writes; the PodDisruptionBudget refusing an eviction; faults
 (a deleted operator pod, a SIGKILLed operator process, a deleted handler pod,
 a ``helm upgrade`` rolling both Deployments) with every nominal time in the
-window run exactly once, judged by the handler pods' delivery journals; and
+window run exactly once, judged by the handler pods' delivery journals; a
+handler pod deleted with a call in flight answering it before it goes; and
 ``helm uninstall`` removing the pods but not the CRDs or the Schedules.
 """
 
@@ -70,7 +71,7 @@ def journals(installed: Installed) -> dict[str, list[deliveries.Delivery]]:
 
 
 def by_run(found: list[deliveries.Delivery]) -> set[tuple[str, str]]:
-    return set(deliveries.by_run(found, prefix=f"{SHOP}/"))
+    return set(deliveries.by_run(found, prefix=f"{SHOP}/beat-"))
 
 
 def schedules_list() -> str:
@@ -243,7 +244,7 @@ def test_faults_and_an_upgrade_leave_every_time_in_the_window_run_exactly_once(i
     }
 
     def window() -> dict[tuple[str, str], list[deliveries.Delivery]]:
-        sent = deliveries.by_run([d for found in journals(installed).values() for d in found], prefix=f"{SHOP}/")
+        sent = deliveries.by_run([d for found in journals(installed).values() for d in found], prefix=f"{SHOP}/beat-")
         return {run: d for run, d in sent.items() if in_window(run[1])}
 
     def missing() -> list[tuple[str, datetime.datetime]]:
@@ -266,6 +267,95 @@ def test_faults_and_an_upgrade_leave_every_time_in_the_window_run_exactly_once(i
     print(f"{len(runs)} runs in the window on {len(pods_used)} handler pods; {report}")
 
 
+SLOW_HANDLER = """
+import asyncio
+
+from schedulezero_handler import Handler, expose
+
+
+class Slow(Handler):
+    @expose
+    async def slow(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return f"slept {seconds} s"
+"""
+
+
+def test_a_deleted_handler_pod_drains_the_call_in_flight(installed: Installed) -> None:
+    """The user's own handler code from a ConfigMap on the stock image; a call in flight at the delete completes
+    within the pod's grace period, answered by that pod, not retried elsewhere."""
+    cluster = installed.cluster
+    code = installed.local.dir / "slow_handler.py"
+    code.write_text(SLOW_HANDLER)
+    journal = installed.journal / "drain"
+    journal.mkdir()
+    journal.chmod(0o777)
+    values = installed.local.dir / "slow-values.yaml"
+    values.write_text(
+        json.dumps(
+            {
+                "handler": "slow_handler:Slow",
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "extraArgs": ["--app-dir=/app", "--journal=/journal/$(POD_NAME).jsonl"],
+                "extraVolumes": [
+                    {"name": "code", "configMap": {"name": "slow-code"}},
+                    {"name": "journal", "hostPath": {"path": str(journal), "type": "Directory"}},
+                ],
+                "extraVolumeMounts": [
+                    {"name": "code", "mountPath": "/app"},
+                    {"name": "journal", "mountPath": "/journal"},
+                ],
+            }
+        )
+    )
+    cluster.kubectl("create", "configmap", "slow-code", "-n", SHOP, f"--from-file={code}")
+    cluster.helm(
+        "install", "slow", str(controlplane.REPO / "charts" / "handler"), "-n", SHOP, "-f", str(values),
+        "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    schedule = {
+        "apiVersion": "schedulezero.io/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "drained", "namespace": SHOP},
+        "spec": {"handler": "slow", "method": "slow", "params": {"seconds": 10}, "schedule": "0 0 1 1 *"},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(schedule))
+    pod = eventually(lambda: all_ready(installed, SHOP, "app.kubernetes.io/instance=slow", 1), timeout=120)[0]
+    name = pod["metadata"]["name"]
+    plugin = controlplane.REPO / ".venv" / "bin" / "kubectl-schedulezero"
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+
+    def in_flight() -> list[deliveries.Delivery]:
+        return [d for d in deliveries.read(journal / f"{name}.jsonl") if d.method == "slow"]
+
+    # The operator may not have seen the Handler ready yet: ask again until a call reaches the pod.
+    def asked() -> list[deliveries.Delivery]:
+        if not in_flight():
+            subprocess.run([str(plugin), "run-now", "drained", "-n", SHOP], env=env, capture_output=True, check=True)
+            time.sleep(3)
+        return in_flight()
+
+    call = eventually(asked, timeout=90, interval=0.5)[0]
+    cluster.kubectl("delete", "pod", name, "-n", SHOP, "--wait=false")
+
+    def recorded() -> str | None:
+        done = subprocess.run(
+            [str(plugin), "runs", "drained", "-n", SHOP], env=env, capture_output=True, text=True, check=False
+        )
+        rows = [line for line in done.stdout.splitlines()[1:] if call.scheduled and line.startswith(call.scheduled)]
+        return rows[0] if rows and "Running" not in rows[0] else None
+
+    row = eventually(recorded, timeout=90, interval=1)
+    assert " Succeeded " in row, row
+    assert "slept 10 s" in row, row
+    assert row.split()[2] == "1", row  # one attempt: the draining pod answered
+    deliveries_of_call = [
+        d for found in map(deliveries.read, journal.glob("*.jsonl")) for d in found if d.call == call.call
+    ]
+    assert len(deliveries_of_call) == 1, deliveries_of_call
+    cluster.helm("uninstall", "slow", "-n", SHOP, "--wait", "--timeout", "3m")
+
+
 def test_helm_uninstall_removes_the_pods_and_keeps_the_crds_and_schedules(installed: Installed) -> None:
     installed.cluster.helm("uninstall", HANDLER, "-n", SHOP, "--wait", "--timeout", "3m")
     installed.cluster.helm("uninstall", "schedulezero", "-n", SYSTEM, "--wait", "--timeout", "3m")
@@ -275,4 +365,4 @@ def test_helm_uninstall_removes_the_pods_and_keeps_the_crds_and_schedules(instal
     assert "customresourcedefinition.apiextensions.k8s.io/schedules.schedulezero.io" in crds
     assert "customresourcedefinition.apiextensions.k8s.io/handlers.schedulezero.io" in crds
     left = installed.cluster.kubectl("get", "sched", "-n", SHOP, "-o", "name").stdout.split()
-    assert len(left) == SCHEDULES, left
+    assert len(left) == SCHEDULES + 1, left  # the beats and the drained one
