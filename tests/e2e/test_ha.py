@@ -143,6 +143,7 @@ def test_replicas_share_the_shards_and_each_run_happens_once(
     namespace: str,
     system_kubeconfigs: dict[str, pathlib.Path],
     probe_handler: processes.HandlerProcess,
+    journal: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
     replicas = Replicas(system_kubeconfigs["operator"], namespace, tmp_path)
@@ -165,8 +166,15 @@ def test_replicas_share_the_shards_and_each_run_happens_once(
             assert replica.stop() == 0, replica.output()[-3000:]
     counts = processes.executions(probe_handler.endpoint, prefix=f"{namespace}/")
     assert counts
-    assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:10]
     assert len({schedule for schedule, _ in counts}) == 20
+    sent = deliveries.by_run(deliveries.read(journal), prefix=f"{namespace}/")
+    assert not deliveries.double_fired(sent), list(deliveries.double_fired(sent).items())[:3]
+    # A shard given up to the second replica moves without a final checkpoint: the times its first owner may
+    # have sent since its last one go out again marked as re-sends, which only a handler without its reply
+    # cache (as here) runs twice. Nothing else may run twice.
+    resent = {run for run, d in sent.items() if any(delivery.resent for delivery in d)}
+    twice = {key for key, count in counts.items() if count > 1}
+    assert twice <= resent, sorted(twice - resent)[:10]
 
 
 JOINED = re.compile(r"saw (\d+) of the (\d+) Schedules listed at start")
