@@ -217,6 +217,11 @@ class Checkpointer:
         self._dirty.add(shard)
         return self._loaded[shard]
 
+    async def hand_over(self, shard: int) -> None:
+        """Writes a shard's final checkpoint as it is given up: this replica no longer acts for it, and still
+        holds its Lease, so the write is its last word on the shard and the next owner's first."""
+        await self._write(shard, handing_over=True)
+
     def adopted(self, shard: int) -> None:
         """The engine has taken the shard's Schedules over from the loaded checkpoint, checking every entry:
         from now on the engine's own progress is the shard's, and nothing read is written back unchecked."""
@@ -259,7 +264,7 @@ class Checkpointer:
                 log.warning("checkpoint of shard %d not written (%s); retrying", shard, _brief(error))
                 self._dirty.add(shard)
 
-    async def _write(self, shard: int) -> None:
+    async def _write(self, shard: int, *, handing_over: bool = False) -> None:
         progress: dict[str, engine.Progress] = {}
         for key in self.keys(shard):
             entry = self._progress(key)
@@ -278,7 +283,7 @@ class Checkpointer:
             self.oversized.add(shard)
             return
         self.oversized.discard(shard)
-        if not self._owns_shard(shard):  # fenced while rendering: the new owner writes it
+        if not handing_over and not self._owns_shard(shard):  # fenced while rendering: the new owner writes it
             return
         try:
             self._versions[shard] = await self._store.write(shard, content, self._versions.get(shard, ""))

@@ -43,7 +43,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ class Elector:
         self._wall = wall_clock or _now_rfc3339
         self.on_acquired = on_acquired
         self.on_lost = on_lost
+        self.before_release: Callable[[int], Awaitable[None]] | None = None
+        """Awaited between no longer acting for a shard and releasing its Lease: the final checkpoint."""
         self.renewed: dict[int, float] = {}
         """Shards held, with the (monotonic) start of their last successful renew."""
         self.transitions = 0
@@ -373,9 +375,20 @@ class Elector:
         return self.clock() - seen.at <= self.settings.lease_duration
 
     async def _release(self, shard: int) -> None:
-        """Gives a shard up: an empty holder, so that another replica takes it at its next round."""
+        """Gives a shard up: an empty holder, so that another replica takes it at its next round.
+
+        It stops acting for the shard first, then (while the Lease is still its own and fresh) lets
+        ``before_release`` write the shard's final checkpoint, so that the next owner starts from exactly
+        what was sent rather than from a checkpoint up to a second old.
+        """
         name = self._shard_name(shard)
+        fresh = self.owns_shard(shard)
         self._drop(shard, "released")
+        if fresh and self.before_release is not None:
+            try:
+                await asyncio.wait_for(self.before_release(shard), timeout=self.settings.renew_deadline / 2)
+            except Exception as error:  # released all the same: the next owner re-sends what may have gone out
+                log.warning("shard %d: final checkpoint not written before the release (%s)", shard, error)
         try:
             record = await self.store.get(name)
             if record is not None and record.holder == self.identity:

@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from schedulezero_operator import election
 
@@ -65,12 +66,19 @@ class ElectionThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
 
-    async def start(self, *, on_acquired: Callable[[int, int], None], on_lost: Callable[[int, str], None]) -> None:
+    async def start(
+        self,
+        *,
+        on_acquired: Callable[[int, int], None],
+        on_lost: Callable[[int, str], None],
+        before_release: Callable[[int], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         """Starts the thread, and returns once the election's store is connected and its rounds begin.
 
         ``on_acquired(shard, generation)`` (``Elector.generation`` when it was
         acquired) and ``on_lost(shard, why)`` are called on this loop, in the
-        order the election decided them.
+        order the election decided them; ``before_release(shard)`` runs on this
+        loop too, while the election waits for it before releasing the shard.
         """
         main = asyncio.get_running_loop()
         ready: asyncio.Future[None] = main.create_future()
@@ -83,6 +91,13 @@ class ElectionThread:
             main.call_soon_threadsafe(on_lost, shard, why)
 
         elector.on_acquired, elector.on_lost = acquired, lost
+        if before_release is not None:
+            hook = before_release
+
+            async def handing_over(shard: int) -> None:  # on the election's thread, waiting on this loop
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(hook(shard), main))
+
+            elector.before_release = handing_over
 
         async def serve() -> None:
             self._stopping = asyncio.Event()

@@ -349,3 +349,26 @@ async def test_a_lease_edited_under_its_holder_fences_the_holder_at_once(store: 
     await a.round()
     assert 0 not in a.elector.held()
     assert ("lost", 0) in a.events
+
+
+async def test_a_shard_given_up_has_its_final_checkpoint_written_after_it_stops_acting_and_before_the_release(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """The next owner starts from exactly what was sent: the hand-over hook runs once the holder no longer acts
+    for the shard (nothing more can be sent) and while the Lease is still its own (nobody else can write)."""
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    seen: list[tuple[int, bool, str | None]] = []
+
+    async def hand_over(shard: int) -> None:
+        lease = store.leases[f"{SETTINGS.prefix}-shard-{shard}"]
+        seen.append((shard, a.elector.owns_shard(shard), lease.holder))
+
+    a.elector.before_release = hand_over
+    await rounds([a], clock, 1)
+    await rounds([a, b], clock, 3)  # a gives its excess up to b
+    assert holders([a, b]) == {"a": [0, 1], "b": [2, 3]}
+    assert sorted(seen) == [(2, False, "a"), (3, False, "a")]
+    seen.clear()
+    clock.now += SETTINGS.renew_deadline  # a is late for its renew: what it gives up now, it may have lost
+    await a.stop()
+    assert seen == []
