@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import time
@@ -25,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.node.conftest import HANDLER, SHOP, SYSTEM, Installed
-from tests.support import controlplane, deliveries
+from tests.support import controlplane, deliveries, prometheus
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.node
@@ -148,6 +151,63 @@ def test_schedules_every_second_run_on_all_three_handler_pods(installed: Install
         return all(any(f'pod="{pod}"' in line for line in up) for pod in handler_pods)
 
     eventually(scraped_every_pod, timeout=90, interval=2, ignoring=(OSError,))
+
+
+DASHBOARD = controlplane.REPO / "monitoring" / "grafana" / "schedulezero-dashboard.json"
+SCENARIO_PANELS = ("Failed, timed-out and missed runs", "Suspended schedules")
+"""Panels that need a failing or a suspended Schedule, which this installation does not have."""
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    """(title, PromQL) of the dashboard's panels, its variables set as a user here would: this namespace, acme."""
+    found = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            expression = target.get("expr") or ""
+            if expression.strip() and panel["title"] not in SCENARIO_PANELS:
+                for variable, value in {"rate_interval": "30s", "interval": "5s", "range": "1h"}.items():
+                    expression = re.sub(rf"\$\{{?__{variable}\}}?", value, expression)
+                expression = re.sub(r"\$\{?namespace(:[a-z]+)?\}?", SHOP, expression)
+                expression = re.sub(r"\$\{?handler(:[a-z]+)?\}?", f"{SHOP}/{HANDLER}", expression)
+                found.append((f"{panel['title']} ({target.get('refId', 'A')})", expression))
+    return found
+
+
+def real_data(expression: str, result: list[dict[str, Any]]) -> bool:
+    """A series with every label the query groups by, and a number (not a quantile's NaN)."""
+    grouped = {label.strip() for group in re.findall(r"\bby\s*\(([^)]*)\)", expression) for label in group.split(",")}
+    grouped -= {"", "le"}
+    return any(
+        all(series["metric"].get(label) for label in grouped) and math.isfinite(float(series["value"][1]))
+        for series in result
+    )
+
+
+def test_a_prometheus_on_the_host_scrapes_the_pods_and_the_dashboard_shows_their_data(
+    installed: Installed, tmp_path: pathlib.Path
+) -> None:
+    operators = eventually(lambda: all_ready(installed, SYSTEM, OPERATOR, 2), timeout=120)
+    conductor = eventually(lambda: all_ready(installed, SYSTEM, CONDUCTOR, 1), timeout=120)[0]
+    # The job names the chart's ServiceMonitor gives, which the alert rules and the dashboard expect.
+    jobs = {
+        "schedulezero-operator": [f"{pod['status']['podIP']}:9464" for pod in operators],
+        "schedulezero-conductor": [f"{conductor['status']['podIP']}:9465"],
+    }
+    server = prometheus.Prometheus(tmp_path, jobs)
+    try:
+        eventually(lambda: server.value("sum(up)") == 3, timeout=60, interval=1)
+        queries = panel_queries()
+        assert len(queries) >= 18
+
+        def empty() -> list[str]:
+            return [title for title, expression in queries if not real_data(expression, server.query(expression))]
+
+        try:
+            eventually(lambda: not empty(), timeout=120, interval=2)
+        except AssertionError:
+            raise AssertionError(f"panels without data from the pods: {empty()}") from None
+    finally:
+        server.stop()
 
 
 def evict(installed: Installed, pod: str, *, dry_run: bool = False) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,8 @@ class PrometheusError(RuntimeError):
 
 
 class Prometheus:
-    def __init__(self, workdir: pathlib.Path, jobs: dict[str, str]) -> None:
-        """``jobs``: job name -> host:port of a /metrics endpoint."""
+    def __init__(self, workdir: pathlib.Path, jobs: dict[str, str] | dict[str, list[str]]) -> None:
+        """``jobs``: job name -> host:port of a /metrics endpoint, or a list of them (one job, several pods)."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise PrometheusError("prometheus is not installed (Debian package 'prometheus'; make test installs it)")
@@ -32,7 +32,8 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs.items()
+                {"job_name": job, "static_configs": [{"targets": [target] if isinstance(target, str) else target}]}
+                for job, target in jobs.items()
             ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
