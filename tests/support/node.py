@@ -304,14 +304,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             name = hashlib.sha256(f"{image_id} {reference}".encode()).hexdigest()[:16]
             archive = IMAGE_CACHE / f"{name}.tar"
             if not archive.exists():
-                for stale in IMAGE_CACHE.glob(f"*.{_slug(reference)}"):
+                for stale in IMAGE_CACHE.glob(f"*.{_slug(reference)}"):  # an older build of the same reference
+                    (IMAGE_CACHE / f"{stale.name.split('.')[0]}.tar").unlink(missing_ok=True)
                     stale.unlink()
                 partial = IMAGE_CACHE / f".{name}.partial"
                 partial.unlink(missing_ok=True)
                 image.buildah("push", "--quiet", source, f"docker-archive:{partial}:{reference}")
                 partial.rename(archive)
                 (IMAGE_CACHE / f"{name}.{_slug(reference)}").touch()
-            self.ctr("images", "import", "--no-unpack=false", str(archive))
+            self.ctr("images", "import", str(archive))
 
     def _controller_manager(self) -> None:
         self._spawn(
