@@ -55,7 +55,7 @@ image: debs
 # eval "$(make -s cluster)" sets KUBECONFIG (and PATH for kubectl and helm); make cluster-down
 # removes everything it made. Needs root. Only a build's progress is shown (make -s cluster
 # prints nothing else when it is cached).
-cluster: venv
+cluster: venv debs
 	@bin=$$(SCHEDULEZERO_BUILD_QUIET=1 tools/k8s/build.sh) && SCHEDULEZERO_K8S_BIN=$$bin $(BIN)/python tools/k8s/cluster.py up
 
 cluster-down: venv
