@@ -3,7 +3,8 @@
 No controllers and no kubelet run, so pods are admitted but never started and
 namespaces are never finalized; everything the API server does itself (CRDs,
 CEL validation, defaulting, RBAC, admission, watches) is real. Used by the e2e
-tests and the benchmarks.
+tests and the benchmarks. With ``node=True`` it serves the node that
+``node.py`` runs under it (``make cluster``, the node tier).
 """
 
 from __future__ import annotations
