@@ -136,6 +136,9 @@ class ScheduleState:
     """Under Forbid, a time that came due while the previous run was in flight: it starts when that run ends,
     or is Skipped if the following time comes due first. So a run that ends a moment late (a Busy handler, an
     operator lagging under load) delays the next one instead of costing it."""
+    left: set[datetime.datetime] = dataclasses.field(default_factory=set)
+    """Runs started here but fenced before their first send (the shard moved meanwhile): in flight as far as
+    the checkpoint this replica writes as it hands the shard over is concerned, so the next owner runs them."""
     resend: set[datetime.datetime] = dataclasses.field(default_factory=set)
     """Owed times that a previous owner left in flight: sent again, and marked so in the call."""
 
@@ -486,6 +489,10 @@ class Engine:
             if state.history.last_schedule_time is None and state.unowned_since is not None:
                 state.history.last_schedule_time = state.unowned_since - datetime.timedelta(microseconds=1)
             state.unowned_since = None
+            # What it left unsent when it lost the shard runs now, marked as a re-send: another owner may have
+            # run it meanwhile (its checkpoint, read above, says how far it got, but not which times it ran).
+            state.history.unfinished = sorted({*state.history.unfinished, *state.left})
+            state.left.clear()
             if state.invalid is not None:  # a new owner reports what its predecessor (or nobody yet) did
                 self._event(key, warning=True, reason="InvalidSchedule", message=state.invalid)
             elif state.trigger is not None and not state.suspended:
@@ -501,7 +508,7 @@ class Engine:
         if state is None:
             return None
         in_flight = [run.nominal for run in state.active.values() if run.id == runs.run_id(state.uid, run.nominal)]
-        owed = {*in_flight, *state.owed, *([state.waiting] if state.waiting is not None else [])}
+        owed = {*in_flight, *state.owed, *state.left, *([state.waiting] if state.waiting is not None else [])}
         return state.uid, Progress(state.history.last_schedule_time, tuple(sorted(owed)))
 
     # -- outputs ------------------------------------------------------------------
@@ -804,7 +811,11 @@ class Engine:
         owed: bool = False,
     ) -> runs.Run | None:
         identity = run_id or runs.run_id(state.uid, nominal)
-        if identity in state.active or not self._owns(state.key):
+        if identity in state.active:
+            return None
+        if not self._owns(state.key):  # lost a moment ago: the next owner runs it
+            if identity == runs.run_id(state.uid, nominal):
+                state.left.add(nominal)
             return None
         following = state.trigger.next_after(nominal) if state.trigger is not None else None
         room = (following - nominal).total_seconds() if following is not None else None
@@ -869,6 +880,8 @@ class Engine:
             # Not recorded here: this replica may no longer write the Schedule's status. The new owner
             # re-sends the run if the last checkpoint had it in flight, or judges its time by catchUpPolicy.
             state.active.pop(run.id, None)
+            if run.id == runs.run_id(state.uid, run.nominal):
+                state.left.add(run.nominal)
             self.metrics.fenced_sends.inc()
             log.info("%s; left to the new owner", fenced)
             return None

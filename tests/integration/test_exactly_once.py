@@ -165,9 +165,20 @@ async def test_a_run_whose_shard_is_lost_during_its_jitter_is_not_sent(replica: 
     assert "startTime" not in rendered(replica.engine, key)["active"][0]
     replica.ownership.owned = False  # the shard moves while the run waits
     await eventually(lambda: replica.engine.metrics.fenced_sends._value.get() >= 1, timeout=10)
-    replica.ownership.owned = True
     assert handler.runs(key) == {}
-    assert rendered(replica.engine, key)["active"] == []  # left to the new owner, not held here
+    # Left to the new owner: not held here, but in flight in the checkpoint this replica writes as it hands the
+    # shard over, which says the time was started (lastScheduleTime) and so must say it was not sent.
+    progress = replica.engine.progress(key)
+    assert progress is not None
+    assert progress[1].last_scheduled == at
+    assert progress[1].in_flight == (at,)
+    replica.ownership.owned = True
+    assert rendered(replica.engine, key)["active"] == []
+    # Taken over again, from a checkpoint written before the run started: it goes out now, as a re-send.
+    await replica.engine.take_over([key], {schedule_uid: engine_.Progress(at - datetime.timedelta(seconds=60))})
+    await eventually(lambda: handler.runs(key), timeout=20)
+    [(_, sent)] = handler.runs(key).items()
+    assert [d.resent for d in sent] == [True]
 
 
 async def test_a_retry_whose_shard_is_lost_during_its_backoff_is_not_sent(
