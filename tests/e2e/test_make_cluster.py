@@ -124,3 +124,25 @@ def test_cluster_down_after_a_killed_cluster_up_leaves_nothing(tmp_path: pathlib
     assert sysctls() == before
     twice, _ = down(env)
     assert twice.returncode == 0, twice.stderr
+
+
+def test_a_component_that_fails_to_start_is_named_with_its_log_and_nothing_is_left(tmp_path: pathlib.Path) -> None:
+    """A kube-scheduler that exits at once: the start fails naming it with its log's tail, within a minute or two."""
+    real = node.find_binaries()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for binary in real.iterdir():
+        (bin_dir / binary.name).symlink_to(binary.resolve())
+    (bin_dir / "kube-scheduler").unlink()
+    (bin_dir / "kube-scheduler").write_text("#!/bin/sh\necho 'the scheduler refuses: no such flag' >&2\nexit 3\n")
+    (bin_dir / "kube-scheduler").chmod(0o755)
+    before = sysctls()
+    local = node.LocalCluster(bin_dir)
+    started = time.monotonic()
+    with pytest.raises(node.NodeError) as failed:
+        local.start()
+    assert time.monotonic() - started < 150
+    assert "kube-scheduler exited with 3" in str(failed.value)
+    assert "the scheduler refuses: no such flag" in str(failed.value)
+    assert not left_behind(str(local.dir))
+    assert sysctls() == before

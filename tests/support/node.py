@@ -106,8 +106,12 @@ def find_binaries() -> pathlib.Path:
     return bin_dir
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), capture_output=True, text=True, check=False)
+def _run(*args: str, check: bool = True, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """``args`` run to the end; a failure (with ``check``) or a hang raises NodeError naming the command."""
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise NodeError(f"{' '.join(args)} did not finish within {timeout:.0f} s") from None
     if check and done.returncode != 0:
         raise NodeError(f"{' '.join(args)} exited with {done.returncode}:\n{done.stderr}{done.stdout}")
     return done
@@ -211,15 +215,24 @@ class LocalCluster:
         pids.mkdir(exist_ok=True)
         binary = str(self.bin_dir / name) if (self.bin_dir / name).exists() else name
         log = logs / f"{name}.log"
+        pid_file = pids / f"{len(self.daemons) + 10:02d}-{name}.pid"
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                ["sh", "-c", _LAUNCHER, str(pids / f"{len(self.daemons) + 10:02d}-{name}.pid"), binary, *args],
+                ["sh", "-c", _LAUNCHER, str(pid_file), binary, *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         daemon = Daemon(name, popen, log)
         self.daemons.append(daemon)
+        # Recorded before going on, so that a teardown starting at once still finds it.
+        deadline = time.monotonic() + 10
+        while (
+            not (pid_file.exists() and pid_file.read_text().strip())
+            and popen.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
         return daemon
 
     def _write_pids(self) -> None:
@@ -233,8 +246,9 @@ class LocalCluster:
         """Until ``ready()`` is true; a daemon that exits or stays unready is named with its log's tail."""
         deadline = time.monotonic() + timeout
         while not ready():
-            if daemon.popen.poll() is not None:
-                raise NodeError(f"{daemon.name} exited with {daemon.popen.returncode}\n{daemon.tail()}")
+            for started in self.daemons:  # any of them, not only the one awaited: none fails unnoticed
+                if started.popen.poll() is not None:
+                    raise NodeError(f"{started.name} exited with {started.popen.returncode}\n{started.tail()}")
             if time.monotonic() > deadline:
                 raise NodeError(f"{daemon.name}: {what} after {timeout:.0f} s\n{daemon.tail()}")
             time.sleep(0.2)
