@@ -222,15 +222,17 @@ def test_a_prometheus_on_the_host_scrapes_the_pods_and_the_dashboard_shows_their
         server.stop()
 
 
-def evict(installed: Installed, pod: str, *, dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+def evict(
+    installed: Installed, pod: str, *, namespace: str = SYSTEM, dry_run: bool = False
+) -> subprocess.CompletedProcess[str]:
     eviction = {
         "apiVersion": "policy/v1",
         "kind": "Eviction",
-        "metadata": {"name": pod, "namespace": SYSTEM},
+        "metadata": {"name": pod, "namespace": namespace},
         **({"deleteOptions": {"dryRun": ["All"]}} if dry_run else {}),
     }
     return installed.cluster.kubectl(
-        "create", "--raw", f"/api/v1/namespaces/{SYSTEM}/pods/{pod}/eviction", "-f", "-",
+        "create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", "-f", "-",
         input=json.dumps(eviction), check=False,
     )  # fmt: skip
 
@@ -246,6 +248,16 @@ def test_the_disruption_budget_refuses_to_evict_the_second_operator(installed: I
     # Once the first one's replacement is Ready, the budget allows one again.
     eventually(lambda: operators_settled(installed), timeout=120)
     eventually(lambda: evict(installed, second, dry_run=True).returncode == 0, timeout=60, interval=1)
+
+
+def test_the_handler_chart_s_disruption_budget_lets_one_of_three_pods_go_at_a_time(installed: Installed) -> None:
+    eventually(lambda: all_ready(installed, SHOP, HANDLER_PODS, 3), timeout=120)
+    first, second, _ = names(installed.pods(SHOP, HANDLER_PODS))
+    eventually(lambda: evict(installed, first, namespace=SHOP).returncode == 0, timeout=60, interval=1)
+    refused = evict(installed, second, namespace=SHOP)
+    assert refused.returncode != 0
+    assert "disruption budget" in refused.stderr, refused.stderr
+    eventually(lambda: all_ready(installed, SHOP, HANDLER_PODS, 3), timeout=120, interval=1)
 
 
 def container_pid(installed: Installed, pod: dict[str, Any]) -> int:
