@@ -11,15 +11,13 @@ import datetime
 import json
 import pathlib
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_kubectl_plugin import plugin
 from tests.e2e.test_operator import apply, condition, eventually, get, handler_doc, schedule_doc, ticks
-from tests.support import controlplane, processes
+from tests.support import controlplane, processes, scrape
 from tests.support.operator import Operator
 
 pytestmark = pytest.mark.e2e
@@ -44,14 +42,7 @@ def metrics_port(system_kubeconfigs: dict[str, pathlib.Path], namespace: str, tm
 
 
 def status_writes(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "schedulezero_status_writes_total"
-    )
+    return scrape.total(f"http://127.0.0.1:{port}/metrics", "schedulezero_status_writes_total")
 
 
 def events(cluster: controlplane.Cluster, namespace: str, reason: str) -> list[dict[str, object]]:

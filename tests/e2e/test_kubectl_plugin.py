@@ -10,14 +10,12 @@ import pathlib
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_operator import apply, condition, eventually, get, handler_doc, schedule_doc, ticks
-from tests.support import controlplane, processes
+from tests.support import controlplane, processes, scrape
 from tests.support.operator import Operator
 
 pytestmark = pytest.mark.e2e
@@ -114,16 +112,8 @@ def test_each_verb_of_the_plugin(
 
 def requested_runs(port: int, trigger: str, outcome: str) -> float:
     """``schedulezero_schedule_requested_runs_total`` as the operator's /metrics shows it, summed over Schedules."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "schedulezero_schedule_requested_runs_total"
-        and sample.labels.get("trigger") == trigger
-        and sample.labels.get("outcome") == outcome
-    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    return scrape.total(url, "schedulezero_schedule_requested_runs_total", trigger=trigger, outcome=outcome)
 
 
 def test_a_backfill_written_with_plain_kubectl_annotate_runs_and_the_operator_itself_refuses_one_too_large(

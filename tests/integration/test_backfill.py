@@ -23,34 +23,11 @@ from schedulezero_handler import client as client_
 from schedulezero_operator import engine as engine_
 from schedulezero_operator.sinks import ScheduleKey
 from tests.support import processes
+from tests.support.engines import MemorySink, Ownership
 
 PROBE = "tests.support.handlers:ProbeHandler"
 NAMESPACE = "fill"
 _names = itertools.count()
-
-
-class MemorySink:
-    """The last status per Schedule and every Event, as the operator would write them."""
-
-    def __init__(self) -> None:
-        self.statuses: dict[ScheduleKey, dict[str, Any]] = {}
-        self.events: list[tuple[ScheduleKey, str, str]] = []
-
-    async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
-        self.statuses[key] = json.loads(json.dumps(status))  # a copy, as the API server keeps it
-
-    def event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
-        self.events.append((key, reason, message))
-
-
-class Ownership:
-    """Whether the engine owns its Schedules now, as its shard's Lease would say."""
-
-    def __init__(self) -> None:
-        self.owned = True
-
-    def __call__(self, key: ScheduleKey) -> bool:
-        return self.owned
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +63,7 @@ def sink() -> MemorySink:
 
 @pytest.fixture
 def owner() -> Ownership:
-    return Ownership()
+    return Ownership(owned=True)
 
 
 @pytest.fixture
@@ -222,7 +199,7 @@ async def test_a_backfill_cut_short_by_losing_the_schedule_is_interrupted_and_no
     assert 2 <= progress["done"] < 20
 
     # An operator started afresh from the status written while it ran: Interrupted, not resumed.
-    restarted = new_engine(handler, client, MemorySink(), Ownership())
+    restarted = new_engine(handler, client, MemorySink(), Ownership(owned=True))
     await restarted.start()
     try:
         reapply(restarted, key, spec, created, status=running)

@@ -7,7 +7,7 @@ import datetime
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -21,27 +21,12 @@ from schedulezero_operator import runs
 from schedulezero_operator import status as status_
 from schedulezero_operator.sinks import ScheduleKey
 from tests.support import controlplane, processes
+from tests.support.engines import MemorySink, Ownership, eventually, now
 
 PROBE = "tests.support.handlers:ProbeHandler"
 NAMESPACE = "t"
 _names = itertools.count()
 _created: dict[ScheduleKey, datetime.datetime] = {}
-
-
-class MemorySink:
-    """Keeps the last status per Schedule and every event, as the operator would write them."""
-
-    def __init__(self) -> None:
-        self.statuses: dict[ScheduleKey, dict[str, Any]] = {}
-        self.writes = 0
-        self.events: list[tuple[ScheduleKey, str, str]] = []
-
-    async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
-        self.statuses[key] = status
-        self.writes += 1
-
-    def event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
-        self.events.append((key, reason, message))
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +59,6 @@ async def engine(
     await engine.stop()
 
 
-def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def apply(engine: engine_.Engine, spec: dict[str, Any], *, key: ScheduleKey | None = None, **extra: Any) -> ScheduleKey:
     key = key or ScheduleKey(NAMESPACE, f"s{next(_names)}")
     full = {"handler": "probe", "successfulRunsHistoryLimit": 50, "failedRunsHistoryLimit": 50, **spec}
@@ -92,13 +73,6 @@ def records(engine: engine_.Engine, key: ScheduleKey) -> list[dict[str, Any]]:
     return list(status["runs"])
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := predicate()):  # noqa: ASYNC110  (state changed by other tasks and processes)
-            await asyncio.sleep(0.05)
-    return result
-
-
 async def ticks(client: client_.Client, handler: processes.HandlerProcess, key: ScheduleKey) -> list[dict[str, Any]]:
     seen = await client.call(handler.endpoint, "ticks_seen")
     return [t for t in seen if t["schedule"] == str(key)]
@@ -106,16 +80,6 @@ async def ticks(client: client_.Client, handler: processes.HandlerProcess, key: 
 
 def soon(seconds: float = 1.0) -> str:
     return (now() + datetime.timedelta(seconds=seconds)).isoformat()
-
-
-class Ownership:
-    """Whether the engine under test owns its Schedules now, as its shard's Lease would say."""
-
-    def __init__(self) -> None:
-        self.owned = False
-
-    def __call__(self, key: ScheduleKey) -> bool:
-        return self.owned
 
 
 async def fenced_engine(

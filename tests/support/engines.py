@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ class MemorySink:
         self.events: list[tuple[ScheduleKey, str, str]] = []
 
     async def write_status(self, key: ScheduleKey, status: dict[str, Any]) -> None:
-        self.statuses[key] = status
+        self.statuses[key] = json.loads(json.dumps(status))  # a copy, as the API server keeps it
         self.writes += 1
 
     def event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
