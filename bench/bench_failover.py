@@ -2,9 +2,9 @@
 
 Three ``schedulezero operator`` replicas (client-go's timing: lease 15 s,
 renew deadline 10 s, retry period 2 s) share ``--shards`` 8 over 10,000
-Schedules (``@every 600s``; their first runs spread over one minute a few
-minutes ahead, so every Schedule has progress to checkpoint without the runs
-saturating the API server). The Schedules are applied while no replica runs:
+Schedules (``@every 60s``, their runs spread evenly over the minute: about
+170 fires a second, so runs come due during every fault). The Schedules are
+applied while no replica runs:
 applying them under three operators that each receive every watch event takes
 a quarter of an hour on two cores. It measures:
 
@@ -18,8 +18,12 @@ a quarter of an hour on two cores. It measures:
   new one started, then every replica is replaced in turn and stopped with
   SIGTERM (a rolling update); for each shard moved, the time from the signal
   to the new owner's "took over" (its Schedules firing again), from the logs;
-- at the handler, how many runs were executed and how many of them more than
-  once (none should be).
+- per fault, over its window (from the signal to a minute after the last
+  takeover), counted at the handler from its delivery journal: the runs due,
+  the runs missing, the runs delivered twice beyond the documented re-sends
+  (none should be), the re-sent runs (the times the killed owner may have
+  started after its last checkpoint), and the runs executed twice (the reply
+  cache answers re-sends, so none should be).
 
 Run from the repository root: ``.venv/bin/python bench/bench_failover.py``.
 """
@@ -29,11 +33,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +52,7 @@ import bench_operator
 import benchlib
 
 sys.path.insert(0, str(benchlib.REPO))
-from tests.support import controlplane, processes
+from tests.support import controlplane, deliveries, processes
 
 NAMESPACE = bench_operator.NAMESPACE
 SYSTEM = "schedulezero-system"
@@ -114,14 +120,14 @@ def wait(what: str, done: Any, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def schedules(count: int, *, first_runs: datetime.datetime, spread: float) -> list[dict[str, Any]]:
-    """``@every 600s``, anchored so that the first runs spread evenly over ``spread`` seconds from ``first_runs``."""
+def schedules(count: int, *, first_runs: datetime.datetime, every: int) -> list[dict[str, Any]]:
+    """``@every EVERYs``, anchored so that the first runs spread evenly over ``every`` seconds from ``first_runs``."""
     items = []
     for index in range(count):
-        first = first_runs + datetime.timedelta(seconds=spread * index / count)
-        start = first - datetime.timedelta(seconds=600)
-        spec = {"handler": bench_operator.HANDLER, "method": "tick", "schedule": "@every 600s",
-                "startTime": start.isoformat().replace("+00:00", "Z")}  # fmt: skip
+        first = first_runs + datetime.timedelta(seconds=every * index / count)
+        start = first - datetime.timedelta(seconds=every)
+        spec = {"handler": bench_operator.HANDLER, "method": "tick", "schedule": f"@every {every}s",
+                "catchUpPolicy": "All", "startTime": start.isoformat().replace("+00:00", "Z")}  # fmt: skip
         items.append({"apiVersion": bench_operator.API_VERSION, "kind": "Schedule",
                       "metadata": {"name": f"s-{index:05d}"}, "spec": spec})  # fmt: skip
     return items
@@ -150,8 +156,9 @@ def checkpoint_sizes(cluster: controlplane.Cluster) -> dict[str, int]:
     return {item["metadata"]["name"]: len(json.dumps(item)) for item in listed}
 
 
-def failover(replicas: Replicas, how: signal.Signals) -> list[float]:
-    """One replica holding shards stopped with ``how`` (a new one started first); seconds per shard moved."""
+def failover(replicas: Replicas, how: signal.Signals) -> tuple[list[float], float, float]:
+    """One replica holding shards stopped with ``how`` (a new one started first); seconds per shard moved,
+    and the signal's time and the last takeover's (Unix time)."""
     victim = next(r for r in replicas.live() if replicas.holding(r))
     shards = replicas.holding(victim)
     replicas.start()
@@ -162,7 +169,7 @@ def failover(replicas: Replicas, how: signal.Signals) -> list[float]:
         victim.popen.kill()
     else:
         victim.popen.send_signal(how)
-    victim.popen.wait(60)
+    victim.popen.wait(600)  # a graceful stop writes its pending statuses first: minutes at 10,000 Schedules
     wait("takeover", lambda: set(takeovers(replicas, since)) >= set(shards), 120)
     moved = takeovers(replicas, since)
     print(f"  {how.name}: {victim.name} held {shards}; taken over after "
@@ -170,7 +177,38 @@ def failover(replicas: Replicas, how: signal.Signals) -> list[float]:
     for line in victim.output().splitlines():  # what a graceful stop did before it released the shards
         if "pending statuses" in line or "lost: released" in line:
             print(f"    {line}", flush=True)
-    return [moved[s] for s in shards]
+    return [moved[s] for s in shards], since, since + max(moved[s] for s in shards)
+
+
+@dataclasses.dataclass
+class FaultWindow:
+    name: str
+    start: float
+    """Unix time of the signal."""
+    end: float
+    """Unix time the window closes: a full period after the last takeover, so every time in it came due."""
+
+
+def judge(window: FaultWindow, sent: dict[tuple[str, str], list[deliveries.Delivery]], items: list[dict[str, Any]],
+          every: int) -> list[str]:  # fmt: skip
+    """One table row: the runs due in the window, missing, delivered twice, re-sent, executed twice."""
+    due: set[tuple[str, str]] = set()
+    for item in items:
+        anchor = datetime.datetime.fromisoformat(item["spec"]["startTime"]).timestamp()
+        first = anchor + every * max(0, -(-(window.start - anchor) // every))
+        for moment in range(int(first), int(window.end), every):
+            nominal = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+            due.add((f"{NAMESPACE}/{item['metadata']['name']}", rfc3339(nominal)))
+    inside = {run: d for run, d in sent.items() if run in due}
+    doubled = deliveries.double_fired(inside)
+    resent = [run for run, d in inside.items() if any(x.resent for x in d)]
+    twice = [run for run, d in inside.items() if sum(1 for x in d if x.answer == "run") > 1]
+    missing = len(due) - len(inside)
+    return [window.name, f"{len(due):,}", str(missing), str(len(doubled)), f"{len(resent):,}", str(len(twice))]
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @contextlib.contextmanager
@@ -188,6 +226,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--window", type=float, default=60.0, help="seconds of each API-request window")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILL failovers")
+    parser.add_argument("--every", type=int, default=60, help="the Schedules' period, seconds (default 60)")
     return parser.parse_args()
 
 
@@ -198,7 +237,7 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="schedulezero-bench-") as directory,
         controlplane.running() as (plane, cluster),
-        bench_operator.running_handler(pathlib.Path(directory)) as handler,
+        bench_operator.running_handler(pathlib.Path(directory), "--journal", f"{directory}/journal.jsonl") as handler,
     ):
         bench_operator.prepare(cluster, handler.endpoint)
         pids = {process.name: process.popen.pid for process in plane.processes}
@@ -212,7 +251,7 @@ def main() -> None:
         first_runs = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
             seconds=120 + args.schedules / 40  # applying at 40/s or faster, then the replicas' initial listing
         )
-        items = schedules(args.schedules, first_runs=first_runs, spread=60.0)
+        items = schedules(args.schedules, first_runs=first_runs, every=args.every)
         start = time.perf_counter()
         for first in range(0, len(items), 2500):
             bench_operator.apply(cluster, items[first : first + 2500], "--server-side")
@@ -232,10 +271,20 @@ def main() -> None:
             time.sleep(5)
             sizes = checkpoint_sizes(cluster)
             print("failovers:", flush=True)
-            killed = [t for _ in range(args.kills) for t in failover(replicas, signal.SIGKILL)]
-            terminated = [t for _ in range(args.replicas) for t in failover(replicas, signal.SIGTERM)]
+            killed: list[float] = []
+            terminated: list[float] = []
+            windows: list[FaultWindow] = []
+            for number, how in enumerate([signal.SIGKILL] * args.kills + [signal.SIGTERM] * args.replicas, 1):
+                times, since, last = failover(replicas, how)
+                (killed if how is signal.SIGKILL else terminated).extend(times)
+                windows.append(FaultWindow(f"{number}. {how.name}", since, last + args.every))
+                time.sleep(max(0.0, last + args.every - time.time()))  # every time of the window came due
+            time.sleep(5)
             warnings = sum(1 for r in replicas.all for line in r.output().splitlines() if "ERROR" in line)
             counted = processes.executions(handler.endpoint)
+            # Kept past the run's directory: the per-fault table reads it, and it stays for a closer look.
+            journal = pathlib.Path(tempfile.gettempdir()) / "bench_failover_journal.jsonl"
+            shutil.copy(f"{directory}/journal.jsonl", journal)
     print()
     rows = [
         ["no Schedules", *(f"{rate:.2f}" for rate in election_rate(empty))],
@@ -260,6 +309,10 @@ def main() -> None:
     print(benchlib.markdown_table(["", "shards moved", "p50", "max", "goal", ""], rows))
     twice = sum(1 for times in counted.values() if times > 1)
     print(f"\nruns executed at the handler: {len(counted):,}, of them more than once: {twice}")
+    sent = deliveries.by_run(deliveries.read(journal), prefix=f"{NAMESPACE}/")
+    print("\nPer fault, from the signal to a period after the last takeover, counted at the handler:")
+    headers = ["fault", "runs due", "missing", "delivered twice", "re-sent", "executed twice"]
+    print(benchlib.markdown_table(headers, [judge(w, sent, items, args.every) for w in windows]))
     print(f"operator log lines at ERROR: {warnings}")
 
 

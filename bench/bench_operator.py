@@ -126,8 +126,8 @@ def handler_state(cluster: controlplane.Cluster) -> str:
 
 
 @contextlib.contextmanager
-def running_handler(log_dir: pathlib.Path) -> Iterator[processes.HandlerProcess]:
-    handler = processes.start_handler(PROBE, log_dir, "--idle-timeout", "0")
+def running_handler(log_dir: pathlib.Path, *args: str) -> Iterator[processes.HandlerProcess]:
+    handler = processes.start_handler(PROBE, log_dir, "--idle-timeout", "0", *args)
     try:
         yield handler
     finally:
