@@ -406,7 +406,7 @@ async def _join(runtime: Runtime, config: ControllerSettings) -> None:
     await runtime.election.start(
         on_acquired=lambda shard, generation: _acquired(runtime, shard, generation),
         on_lost=lambda shard, why: _lost(runtime, shard, why, lease_namespace=config.lease_namespace),
-        before_release=runtime.checkpointer.hand_over,
+        before_release=lambda shard: runtime.checkpointer.hand_over(shard),
     )
 
 

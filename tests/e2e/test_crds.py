@@ -178,7 +178,7 @@ def test_get_hdl_prints_the_declared_columns(cluster: controlplane.Cluster, name
 
 def test_explain_describes_fields(cluster: controlplane.Cluster, crds: None) -> None:
     out = cluster.kubectl("explain", "schedule.spec.concurrencyPolicy").stdout
-    assert "Forbid records the new run as Skipped" in " ".join(out.split())
+    assert "Forbid lets the new run wait and start when the previous one ends" in " ".join(out.split())
     assert "Replace" in out
 
 
