@@ -29,6 +29,7 @@ log line, once per shard until it fits again): use more shards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -48,15 +49,39 @@ log = logging.getLogger(__name__)
 MAX_SIZE = 900 * 1024
 """Largest checkpoint written; the API server refuses objects above 1 MiB, metadata included."""
 KEY = "progress.json"
+RECORDS_OVERHEAD = 4
+"""Bytes an entry grows by when it carries run records, besides the records (``,[],`` and the brackets)."""
 
 
 def encode(progress: dict[str, engine.Progress]) -> str:
-    entries = {
-        uid: [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight]] if p.in_flight else [_ms(p.last_scheduled)]
-        for uid, p in sorted(progress.items())
-        if p.last_scheduled is not None or p.in_flight
-    }
-    return json.dumps({"version": 1, "schedules": entries}, separators=(",", ":"))
+    return json.dumps({"version": 1, "schedules": _entries(progress)}, separators=(",", ":"))
+
+
+def _entries(progress: dict[str, engine.Progress]) -> dict[str, list[Any]]:
+    entries: dict[str, list[Any]] = {}
+    for uid, p in sorted(progress.items()):
+        if p.records:
+            entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight], list(p.records)]
+        elif p.in_flight:
+            entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight]]
+        elif p.last_scheduled is not None:
+            entries[uid] = [_ms(p.last_scheduled)]
+    return entries
+
+
+def without_records(progress: dict[str, engine.Progress], room: int) -> tuple[dict[str, engine.Progress], list[str]]:
+    """``progress`` with as many Schedules' run records as fit in ``room`` bytes of JSON (the Schedules with
+    the fewest first), and the uids of those whose records did not fit."""
+    sizes = sorted((len(json.dumps(p.records, separators=(",", ":"))), uid) for uid, p in progress.items() if p.records)
+    left, used = dict(progress), 0
+    over: list[str] = []
+    for size, uid in sizes:
+        if used + size + 1 <= room:
+            used += size + 1
+        else:
+            over.append(uid)
+            left[uid] = dataclasses.replace(progress[uid], records=())
+    return left, over
 
 
 def decode(text: str | None) -> dict[str, engine.Progress]:
@@ -81,17 +106,20 @@ def read_entries(text: str | None) -> tuple[dict[str, engine.Progress], int]:
     unreadable = 0
     for uid, entry in items:
         try:
-            if not isinstance(entry, list) or not entry or len(entry) > 2:
+            if not isinstance(entry, list) or not entry or len(entry) > 3:
                 raise TypeError("entry")
             flights = entry[1] if len(entry) > 1 else []
-            if not isinstance(flights, list):
+            records = entry[2] if len(entry) > 2 else []
+            if not isinstance(flights, list) or not isinstance(records, list):
                 raise TypeError("in flight")
             last = None if entry[0] is None else _time(entry[0])
             in_flight = [_time(t) for t in flights[-2 * inputs.MAX_IN_FLIGHT :]]
         except (ValueError, TypeError, OverflowError, OSError):
             unreadable += 1
             continue
-        progress[uid] = engine.Progress(last, tuple(sorted(set(in_flight))))
+        # Run records are checked one by one against the Schedule at takeover (inputs.checked_progress).
+        handed = tuple(records[-2 * engine.MAX_UNWRITTEN :])
+        progress[uid] = engine.Progress(last, tuple(sorted(set(in_flight))), handed)
     return progress, unreadable
 
 
@@ -106,7 +134,9 @@ def merge(*sources: dict[str, engine.Progress]) -> dict[str, engine.Progress]:
                 continue
             times = [t for t in (known.last_scheduled, progress.last_scheduled) if t is not None]
             merged[uid] = engine.Progress(
-                max(times) if times else None, tuple(sorted({*known.in_flight, *progress.in_flight}))
+                max(times) if times else None,
+                tuple(sorted({*known.in_flight, *progress.in_flight})),
+                known.records + progress.records,
             )
     return merged
 
@@ -152,6 +182,11 @@ class CheckpointStore(Protocol):
         """Creates or replaces (when ``version`` still holds); raises election.Conflict otherwise."""
 
 
+class ProgressOf(Protocol):
+    def __call__(self, key: ScheduleKey, *, records: bool = False) -> tuple[str, engine.Progress] | None:
+        """A Schedule's uid and progress (``engine.Engine.progress``)."""
+
+
 class Checkpointer:
     """Writes the checkpoints of the shards this replica owns, about once a second while they change."""
 
@@ -159,7 +194,7 @@ class Checkpointer:
         self,
         store: CheckpointStore,
         *,
-        progress: Callable[[ScheduleKey], tuple[str, engine.Progress] | None],
+        progress: ProgressOf,
         shard_of: Callable[[ScheduleKey], int],
         owns_shard: Callable[[int], bool],
         interval: float = 1.0,
@@ -219,8 +254,36 @@ class Checkpointer:
 
     async def hand_over(self, shard: int) -> None:
         """Writes a shard's final checkpoint as it is given up: this replica no longer acts for it, and still
-        holds its Lease, so the write is its last word on the shard and the next owner's first."""
+        holds its Lease, so the write is its last word on the shard and the next owner's first. It carries
+        the run records no status write has yet, so the replica need not write them before it lets go."""
         await self._write(shard, handing_over=True)
+
+    def overflow(self, owned: Callable[[int], bool]) -> list[ScheduleKey]:
+        """The Schedules of the ``owned`` shards whose unwritten run records the final checkpoints would have
+        no room for: their statuses are written before the shards are handed over."""
+        over: list[ScheduleKey] = []
+        for shard in sorted(self._members):
+            if owned(shard):
+                _, keys, dropped = self._content(shard, records=True)
+                over += [keys[uid] for uid in dropped]
+        return over
+
+    def _content(self, shard: int, *, records: bool) -> tuple[str, dict[str, ScheduleKey], list[str]]:
+        """The shard's checkpoint; with ``records``, with as many Schedules' unwritten run records as fit,
+        and the uids of those that do not."""
+        progress: dict[str, engine.Progress] = {}
+        keys: dict[str, ScheduleKey] = {}
+        for key in self.keys(shard):
+            entry = self._progress(key, records=records)
+            if entry is not None:
+                progress[entry[0]], keys[entry[0]] = entry[1], key
+        kept = believed(self._loaded.get(shard, {}), progress, now=engine.utcnow())
+        dropped: list[str] = []
+        if records:
+            bare = {uid: dataclasses.replace(p, records=()) for uid, p in progress.items()}
+            room = MAX_SIZE - len(encode(merge(kept, bare))) - RECORDS_OVERHEAD * len(progress)
+            progress, dropped = without_records(progress, room)
+        return encode(merge(kept, progress)), keys, dropped
 
     def adopted(self, shard: int) -> None:
         """The engine has taken the shard's Schedules over from the loaded checkpoint, checking every entry:
@@ -265,14 +328,13 @@ class Checkpointer:
                 self._dirty.add(shard)
 
     async def _write(self, shard: int, *, handing_over: bool = False) -> None:
-        progress: dict[str, engine.Progress] = {}
-        for key in self.keys(shard):
-            entry = self._progress(key)
-            if entry is not None:
-                progress[entry[0]] = entry[1]
         loaded = self._loaded.get(shard, {})
-        kept = believed(loaded, progress, now=engine.utcnow())
-        content = encode(merge(kept, progress))
+        content, keys, dropped = self._content(shard, records=handing_over)
+        if dropped:
+            log.warning(
+                "final checkpoint of shard %d: no room for the run records of %d Schedules; their statuses "
+                "lack them", shard, len(dropped),
+            )  # fmt: skip
         if len(content) > MAX_SIZE:
             if shard not in self.oversized:
                 log.error(
@@ -295,10 +357,10 @@ class Checkpointer:
             return
         self._loaded[shard] = {}
         self._written_at[shard] = time.monotonic()
-        if len(kept) < len(loaded):
+        if (ignored := len(set(loaded) - set(keys))) > 0:
             log.warning(
                 "checkpoint of shard %d: %d entries of no Schedule of the shard (deleted, or written by someone "
-                "else) not written back", shard, len(loaded) - len(kept),
+                "else) not written back", shard, ignored,
             )  # fmt: skip
         if self._on_write is not None:
             self._on_write(shard, len(content))

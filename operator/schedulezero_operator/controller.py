@@ -149,6 +149,20 @@ class _EngineEvents:
         self.recorder.record(ref, warning=warning, reason=reason, message=message)
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff base for on.create/on.update handlers, which the operator has none of: nothing to build,
+    keep or compare per watch event."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -174,6 +188,9 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         # before the operator: no need to watch namespaces or CRDs, nor the
         # cluster-wide permissions that would take.
         settings.scanning.disabled = True
+        # Every handler here is kopf.on.event: kopf's change detection (the essence of each object, built
+        # and compared on every event) serves no handler, and was a fifth of an event's cost.
+        settings.persistence.diffbase_storage = _NoDiffBase()
         settings.posting.level = logging.WARNING
         # A line per watch event ("Handler 'schedules' succeeded") is noise at hundreds of events a second.
         if not logging.getLogger("kopf").isEnabledFor(logging.DEBUG):
@@ -185,8 +202,11 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         runtime: Runtime = memo.runtime
         # A graceful handover: stop firing and let runs finish, checkpoint, then release the Leases
         # (renewed until then), so that others take over at their next round rather than at expiry.
+        # Statuses not written yet are not written here: their run records go to the next owners in the
+        # final checkpoints, so the Leases are released at once (but for the records there is no room for).
         await runtime.prober.stop()
-        await runtime.engine.stop()
+        await runtime.engine.stop(flush=False)
+        await runtime.engine.write_statuses(runtime.checkpointer.overflow(runtime.owns_shard))
         await runtime.checkpointer.stop()
         if runtime.joined is not None and not runtime.joined.done():  # stopped before it joined: nothing to give up
             runtime.joined.cancel()
@@ -218,10 +238,10 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         runtime.engine.apply_schedule(
             key,
             uid=meta["uid"],
-            spec=copy.deepcopy(dict(body.get("spec") or {})),
+            spec=body.get("spec") or {},  # the event's own objects: the engine copies what it keeps
             created=_timestamp(meta.get("creationTimestamp")),
             generation=meta.get("generation"),
-            status_=copy.deepcopy(dict(body.get("status") or {})),
+            status_=body.get("status") or {},
         )
         annotations = meta.get("annotations") or {}
         if runtime.owns(namespace, name):
@@ -337,11 +357,14 @@ async def _start(config: ControllerSettings) -> Runtime:
         store = leases.KubeLeases(api_client, namespace=config.lease_namespace, prefix=config.ha.prefix)
         return store, api_client.close
 
+    def progress(key: ScheduleKey, *, records: bool = False) -> tuple[str, engine_.Progress] | None:
+        return runtime.engine.progress(key, records=records)
+
     checkpointer = checkpoints.Checkpointer(
         checkpoints.KubeCheckpoints(
             api.api_client, namespace=config.lease_namespace, prefix=config.ha.prefix, budget=budget
         ),
-        progress=lambda key: runtime.engine.progress(key),
+        progress=progress,
         shard_of=lambda key: election.shard_of(key.namespace, key.name, shards),
         owns_shard=lambda shard: runtime.owns_shard(shard),
         on_write=lambda shard, size: _checkpointed(runtime, shard, size),

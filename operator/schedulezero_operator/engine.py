@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import dataclasses
 import datetime
 import hashlib
@@ -54,6 +55,9 @@ MAX_BACKFILL_REQUEST = 512
 MAX_RUN_NOW_TOKEN = 128
 """Characters a run-now token may have: the token is kept in status, so a longer one is refused."""
 
+MAX_UNWRITTEN = inputs.MAX_HANDED_RECORDS
+"""Run records a Schedule hands over in a final checkpoint at most (the newest): more are unwritten only
+under a status backlog of many runs, and a status keeps 3 of each kind by default."""
 BURST_BATCH = 256
 """Due Schedules looked at per turn of the event loop: in a burst, a batch's calls are sent before the next."""
 
@@ -88,6 +92,9 @@ class Progress:
     in_flight: tuple[datetime.datetime, ...] = ()
     """Nominal times of scheduled runs still in flight, or owed and waiting their turn in a catch-up: a new
     owner runs them under the same run ids."""
+    records: tuple[dict[str, Any], ...] = ()
+    """Run records (as rendered in status) no status write has carried yet. Only the final checkpoint of a
+    replica handing a shard over has them: it releases the shard at once, and the next owner writes them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +119,16 @@ class HandlerInfo:
 
 @dataclasses.dataclass
 class ScheduleState:
+    """What the engine keeps per Schedule. Every replica keeps one for every Schedule it watches, so its
+    containers are the cheapest that do: lists rather than deques (an empty deque takes 760 bytes)."""
+
     key: ScheduleKey
     uid: str
     spec: dict[str, Any]
     generation: int | None
     created: datetime.datetime
-    history: status.History
+    parsed: status.History
+    """The history as last parsed; read it as ``history``, which parses ``unread`` first."""
     trigger: triggers.Trigger | None = None
     invalid: str | None = None
     next_run_time: datetime.datetime | None = None
@@ -125,10 +136,10 @@ class ScheduleState:
     unowned_since: datetime.datetime | None = None
     """The first time due while this engine did not own the Schedule, since it last fired it: a takeover
     catches up from there when neither status nor checkpoint says the Schedule ever ran."""
-    owed: collections.deque[datetime.datetime] = dataclasses.field(default_factory=collections.deque)
+    owed: list[datetime.datetime] = dataclasses.field(default_factory=list)
     """Scheduled times waiting their turn in the chain: missed times a catch-up runs, and times that came
     due while an owed run was active (under Forbid and Replace they wait rather than being skipped)."""
-    backfill_times: collections.deque[datetime.datetime] = dataclasses.field(default_factory=collections.deque)
+    backfill_times: list[datetime.datetime] = dataclasses.field(default_factory=list)
     """A backfill's times not started yet; they run in the chain after any owed scheduled time."""
     chain: asyncio.Task[None] | None = None
     """The task running ``owed`` and ``backfill_times`` one after another, while there are any."""
@@ -141,6 +152,29 @@ class ScheduleState:
     the checkpoint this replica writes as it hands the shard over is concerned, so the next owner runs them."""
     resend: set[datetime.datetime] = dataclasses.field(default_factory=set)
     """Owed times that a previous owner left in flight: sent again, and marked so in the call."""
+    unwritten: list[status.RunRecord] = dataclasses.field(default_factory=list)
+    """Run records no successful status write has carried yet (the newest ``MAX_UNWRITTEN``): what a
+    replica handing the Schedule over puts in its final checkpoint instead of writing the status itself."""
+    rendering: int = 0
+    """How many of ``unwritten`` the status write in flight carries: they are dropped when it succeeds."""
+
+    unread: dict[str, Any] | None = None
+    """The status the owner last wrote, as a standby saw it and not parsed yet. A standby sees every status
+    write of every Schedule as a watch event but needs the history only when it takes the Schedule over, so
+    each event only keeps the newest status (the watch's own object, not a copy) and a takeover parses it."""
+
+    @property
+    def history(self) -> status.History:
+        if self.unread is not None:
+            raw, self.unread = self.unread, None
+            self.parsed = inputs.restore_history(
+                raw, uid=self.uid, spec=self.spec, created=self.created, now=utcnow(), trigger=self.trigger
+            )
+        return self.parsed
+
+    @history.setter
+    def history(self, history: status.History) -> None:
+        self.parsed, self.unread = history, None
 
     @property
     def suspended(self) -> bool:
@@ -214,6 +248,7 @@ class Engine:
             settle=self.settings.status_settle,
             budget=budget,
             on_write=self.metrics.status_writes.inc,
+            written=self._written,
         )
         self.metrics.track_status(self._writer, budget)
         # APScheduler logs every job added at INFO: with thousands of Schedules, noise.
@@ -231,12 +266,15 @@ class Engine:
         self._writer.start()
         self._scheduler.start()
 
-    async def stop(self) -> None:
+    async def stop(self, *, flush: bool = True) -> None:
         """Stops firing, lets runs in flight finish (up to the grace), writes the last status.
 
         Runs still going after the grace are interrupted: they stay in ``active``,
         marked so, and run again under the same run ids when an engine resumes
         their Schedules (a handler that finished them answers from its cache).
+        Without ``flush`` the statuses not written yet stay unwritten: a replica
+        handing its shards over puts their run records in the final checkpoints
+        (``progress(..., records=True)``), and the next owners write them.
         """
         self._scheduler.shutdown(wait=False)
         self._firing.clear()  # not looked at: not started, so the next owner (or this one, restarted) catches up
@@ -254,11 +292,23 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         pending, oldest = self._writer.backlog()
+        if not flush:
+            await self._writer.stop(flush=False)
+            if pending:
+                log.info("%d pending statuses (oldest change %.0f s) left to the next owners", pending, oldest)
+            return
         if pending:  # its shards are handed over only after these: say why a rolling update waits
             log.info("writing up to %d pending statuses (oldest change %.0f s) before stopping", pending, oldest)
         await self._writer.stop()
         if pending:
             log.info("pending statuses written")
+
+    async def write_statuses(self, keys: list[ScheduleKey]) -> None:
+        """Writes these Schedules' statuses now, outside the budget: those whose run records a final
+        checkpoint has no room for."""
+        if keys:
+            log.info("writing %d statuses whose run records the final checkpoints have no room for", len(keys))
+            await self._writer.write_now(keys)
 
     # -- inputs -------------------------------------------------------------------
 
@@ -302,13 +352,11 @@ class Engine:
         elif state.spec == spec:
             state.generation = generation
             if status_ is not None and not self._owns(key):  # a standby follows what the owner wrote
-                state.history = inputs.restore_history(
-                    status_, uid=uid, spec=spec, created=created, now=utcnow(), trigger=state.trigger
-                )
+                state.unread = status_
             return state.invalid
         self._index(state, spec)
         self._drop_waiting(state, "the Schedule changed while the run waited for the previous one")
-        state.spec, state.generation, state.created = dict(spec), generation, created
+        state.spec, state.generation, state.created = copy.deepcopy(dict(spec)), generation, created
         try:
             runs.check_params(spec.get("params"))
             state.trigger, state.invalid = triggers.build_trigger(spec, created=created), None
@@ -482,6 +530,7 @@ class Engine:
                 if progress.last_scheduled is not None and (last is None or progress.last_scheduled > last):
                     state.history.last_schedule_time = progress.last_scheduled
                 state.history.unfinished = sorted({*state.history.unfinished, *progress.in_flight})
+                self._adopt_records(state, progress.records)
             if (refused := inputs.refused(state.history)) is not None:
                 self._event(key, warning=True, reason="StatusRefused", message=refused)
             # Only when neither the status (as this replica has seen it: it may lag) nor the checkpoint says
@@ -502,14 +551,36 @@ class Engine:
                 self._schedule_next(state, after=now)
             self._refresh(state)
 
-    def progress(self, key: ScheduleKey) -> tuple[str, Progress] | None:
-        """The Schedule's uid and Progress, for its shard's checkpoint."""
+    def _adopt_records(self, state: ScheduleState, handed: tuple[dict[str, Any], ...]) -> None:
+        """Run records the previous owner handed over unwritten: recorded here (once: a status write of its
+        may have landed after all), to be written with this owner's next status write."""
+        known = {record.run_id for record in state.history.runs}
+        for data in handed:
+            record = status.RunRecord.restore(data)
+            if record is None or record.run_id in known:
+                continue
+            known.add(record.run_id)
+            state.history.unfinished = [t for t in state.history.unfinished if t != record.scheduled_time]
+            # Into the history only: the previous owner counted it in its metrics and posted its Events.
+            self._keep(state, record)
+
+    def progress(self, key: ScheduleKey, *, records: bool = False) -> tuple[str, Progress] | None:
+        """The Schedule's uid and Progress, for its shard's checkpoint; with ``records``, for the final one,
+        with the run records no status write has carried yet."""
         state = self._schedules.get(key)
         if state is None:
             return None
         in_flight = [run.nominal for run in state.active.values() if run.id == runs.run_id(state.uid, run.nominal)]
         owed = {*in_flight, *state.owed, *state.left, *([state.waiting] if state.waiting is not None else [])}
-        return state.uid, Progress(state.history.last_schedule_time, tuple(sorted(owed)))
+        unwritten = tuple(record.render() for record in state.unwritten) if records else ()
+        return state.uid, Progress(state.history.last_schedule_time, tuple(sorted(owed)), unwritten)
+
+    def _written(self, key: ScheduleKey) -> None:
+        """A status write succeeded: the run records it carried are the status's now."""
+        state = self._schedules.get(key)
+        if state is not None:
+            del state.unwritten[: state.rendering]
+            state.rendering = 0
 
     # -- outputs ------------------------------------------------------------------
 
@@ -519,6 +590,7 @@ class Engine:
         if state is None or not self._owns(key):
             return None
         rendered = state.history.render()
+        state.rendering = len(state.unwritten)
         rendered["observedGeneration"] = state.generation
         rendered["nextRunTime"] = status.rfc3339(state.next_run_time)
         rendered["active"] = [run.render() for run in state.active.values()]
@@ -696,7 +768,7 @@ class Engine:
                 await asyncio.wait(waiting)
                 continue
             if state.owed:
-                nominal = state.owed.popleft()
+                nominal = state.owed.pop(0)
                 resent = nominal in state.resend
                 state.resend.discard(nominal)
                 run = self._start(state, nominal, resent=resent, owed=True)
@@ -706,7 +778,7 @@ class Engine:
             else:
                 batch = list(state.backfill_times) if state.policy == "Allow" else [state.backfill_times[0]]
                 for _ in batch:
-                    state.backfill_times.popleft()
+                    state.backfill_times.pop(0)
                 started = [r for r in (self._start(state, t, trigger="backfill", owed=True) for t in batch) if r]
                 backfilled = len(batch)
             tasks = [run.task for run in started if run.task is not None]
@@ -896,13 +968,21 @@ class Engine:
             self._finish(state, record)
         return record
 
-    def _finish(self, state: ScheduleState, record: status.RunRecord) -> None:
-        key = state.key
+    def _keep(self, state: ScheduleState, record: status.RunRecord) -> None:
+        """Puts a finished run in the history, and among the records the next status write carries."""
         state.history.record(
             record,
             successful_limit=int(state.spec.get("successfulRunsHistoryLimit", 3)),
             failed_limit=int(state.spec.get("failedRunsHistoryLimit", 3)),
         )
+        state.unwritten.append(record)
+        if (beyond := len(state.unwritten) - MAX_UNWRITTEN) > 0:
+            del state.unwritten[:beyond]
+            state.rendering = max(0, state.rendering - beyond)
+
+    def _finish(self, state: ScheduleState, record: status.RunRecord) -> None:
+        key = state.key
+        self._keep(state, record)
         self.metrics.series(self.metrics.runs, *key.labels, str(record.outcome)).inc()
         if record.trigger != "schedule":
             self.metrics.series(self.metrics.requested_runs, *key.labels, record.trigger, str(record.outcome)).inc()
@@ -940,7 +1020,10 @@ class Engine:
 
     def _refresh(self, state: ScheduleState, *, only_if_changed: bool = False) -> None:
         """Recomputes the conditions (Ready, Suspended, Completed) and queues a status write; with
-        ``only_if_changed``, only if a condition changed (a Handler probe that found all as it was)."""
+        ``only_if_changed``, only if a condition changed (a Handler probe that found all as it was).
+        Only the owner's conditions are written, so a standby computes none (a takeover does)."""
+        if not self._owns(state.key):
+            return
         conditions = state.history.conditions
         before = {t: (c.status, c.reason, c.message, c.observed_generation) for t, c in conditions.items()}
         now = utcnow()

@@ -11,7 +11,7 @@ input, and what cannot be the Schedule's own is dropped rather than acted on:
 - a run in flight must be a nominal time of the Schedule's trigger, under the
   run id the operator derives for it (``runs.run_id``): anything else would
   run at a time that is not the Schedule's;
-- lists are bounded (``MAX_IN_FLIGHT``, ``MAX_RUNS``) before anything is
+- lists are bounded (``MAX_IN_FLIGHT``, ``MAX_RUNS``, ``MAX_HANDED_RECORDS``) before anything is
   computed over them, so a huge list costs neither a stall nor a flood of runs.
 
 What is dropped is said once, in a Warning Event on the Schedule, by its
@@ -35,6 +35,8 @@ MAX_IN_FLIGHT = 2000
 (up to the engine's catch-up limit, 1,000), so this is twice that, and bounds the work of a huge list."""
 MAX_RUNS = 200
 """Run records believed per Schedule, the newest: the most both history limits together keep."""
+MAX_HANDED_RECORDS = 20
+"""Unwritten run records a final checkpoint hands over per Schedule, the newest."""
 MAX_REPORTED = 3
 """Examples named in a Warning; the rest are counted."""
 _MS = datetime.timedelta(milliseconds=1)
@@ -191,7 +193,29 @@ def checked_progress(
             kept.append(moment)
         else:
             refused.append(f"run in flight at {status.rfc3339(moment)}: not a time of this Schedule")
-    return type(progress)(last, tuple(kept)), refused
+    records = [record.render() for record in handed_records(progress.records, limit=limit, refused=refused)]
+    return type(progress)(last, tuple(kept), tuple(records)), refused
+
+
+def handed_records(raw: Any, *, limit: datetime.datetime, refused: list[str]) -> list[status.RunRecord]:
+    """The run records a final checkpoint handed over that can be the Schedule's: well-formed, not after
+    ``limit``, the newest ``MAX_HANDED_RECORDS``; what is dropped is added to ``refused``."""
+    records: list[status.RunRecord] = []
+    unreadable = 0
+    for data in raw if isinstance(raw, (list, tuple)) else []:
+        record = status.RunRecord.restore(data) if isinstance(data, dict) else None
+        if record is None or record.scheduled_time > limit:
+            unreadable += 1
+        else:
+            records.append(record)
+    records.sort(key=lambda r: r.scheduled_time)
+    if len(records) > MAX_HANDED_RECORDS:
+        unreadable += len(records) - MAX_HANDED_RECORDS
+        records = records[-MAX_HANDED_RECORDS:]
+    if unreadable:
+        refused.append(f"{unreadable} handed-over run records malformed, in the future or beyond the newest "
+                       f"{MAX_HANDED_RECORDS}")  # fmt: skip
+    return records
 
 
 def bounded_times(

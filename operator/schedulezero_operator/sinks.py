@@ -90,6 +90,7 @@ class StatusWriter:
         budget: Budget | None = None,
         concurrency: int = 16,
         on_write: Callable[[], None] | None = None,
+        written: Callable[[ScheduleKey], None] | None = None,
     ) -> None:
         self._sink = sink
         self._render = render
@@ -97,6 +98,8 @@ class StatusWriter:
         self._settle = min(settle, interval)
         self._budget = budget
         self._on_write = on_write
+        self._written = written
+        """Told of each successful write, after it: what the status it rendered carried is written."""
         self._last_write: dict[ScheduleKey, float] = {}
         self._due: list[tuple[float, int, ScheduleKey]] = []
         self._pending: dict[ScheduleKey, _Change] = {}
@@ -130,6 +133,10 @@ class StatusWriter:
                 break
             await asyncio.gather(*(self._flush(key) for key in list(self._pending)), return_exceptions=True)
         await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def write_now(self, keys: list[ScheduleKey]) -> None:
+        """Writes these Schedules' pending changes now, outside the budget (a stopped writer too)."""
+        await asyncio.gather(*(self._flush(key) for key in keys if key in self._pending), return_exceptions=True)
 
     def mark(self, key: ScheduleKey) -> None:
         """The Schedule's status changed."""
@@ -242,5 +249,7 @@ class StatusWriter:
             if key not in self._pending:
                 self._queue(key, since=change.since, due=time.monotonic() + self._interval)
             return
+        if self._written is not None:
+            self._written(key)
         if self._on_write is not None:
             self._on_write()

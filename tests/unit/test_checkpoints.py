@@ -71,7 +71,7 @@ async def test_a_shard_of_twelve_thousand_schedules_all_with_a_run_in_flight_is_
     store = Recording()
     writer = checkpoints.Checkpointer(
         store,
-        progress=lambda key: (uids[key], engine.Progress(T, (T,))),
+        progress=lambda key, records=False: (uids[key], engine.Progress(T, (T,))),
         shard_of=lambda key: 0,
         owns_shard=lambda shard: True,
     )
@@ -109,7 +109,7 @@ async def test_a_checkpoint_above_the_object_limit_is_refused_loudly(caplog: pyt
     uids = {key: str(uuid.uuid4()) for key in keys}
     writer = checkpoints.Checkpointer(
         NoWrites(),
-        progress=lambda key: (uids[key], engine.Progress(T)),
+        progress=lambda key, records=False: (uids[key], engine.Progress(T)),
         shard_of=lambda key: 0,
         owns_shard=lambda shard: True,
     )
@@ -134,7 +134,7 @@ async def test_a_new_owner_writes_back_only_its_own_schedules_believable_progres
     key = ScheduleKey("ns", "own")
     writer = checkpoints.Checkpointer(
         store,
-        progress=lambda key: ("own", engine.Progress(T)),
+        progress=lambda key, records=False: ("own", engine.Progress(T)),
         shard_of=lambda key: 0,
         owns_shard=lambda shard: True,
     )
@@ -162,7 +162,7 @@ async def test_a_quiet_shards_checkpoint_is_written_again_after_the_refresh_howe
     store = Damaged(json.dumps({"schedules": {"fake": [1]}}))
     writer = checkpoints.Checkpointer(
         store,
-        progress=lambda key: ("own", engine.Progress(T)),
+        progress=lambda key, records=False: ("own", engine.Progress(T)),
         shard_of=lambda key: 0,
         owns_shard=lambda shard: True,
         refresh=0.2,
@@ -178,3 +178,18 @@ async def test_a_quiet_shards_checkpoint_is_written_again_after_the_refresh_howe
     await writer.flush()
     assert len(store.written) == 2
     assert checkpoints.decode(store.written[1]) == {"own": engine.Progress(T)}
+
+
+def test_run_records_fill_the_room_left_and_the_rest_are_named() -> None:
+    """A final checkpoint carries unwritten run records up to its size limit; the Schedules whose records do
+    not fit are named, so that their statuses are written before the shard is released."""
+    record = {"runId": "r", "scheduledTime": "2026-01-01T00:00:00.000Z", "outcome": "Succeeded", "attempts": 1}
+    at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    progress = {f"uid-{i}": engine.Progress(at, (), (record,) * (i + 1)) for i in range(4)}
+    room = sum(len(json.dumps([record] * n, separators=(",", ":"))) + 1 for n in (1, 2))  # two of four fit
+    kept, over = checkpoints.without_records(progress, room)
+    assert sorted(over) == ["uid-2", "uid-3"]
+    assert [bool(kept[f"uid-{i}"].records) for i in range(4)] == [True, True, False, False]
+    decoded = checkpoints.decode(checkpoints.encode(kept))
+    assert decoded["uid-1"].records == (record, record)
+    assert decoded["uid-3"].last_scheduled == at
