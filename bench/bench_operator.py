@@ -15,6 +15,17 @@ few ``kubectl apply`` batches. It measures:
   resource), against the same counter over a window before the operator
   started (the control plane's own requests).
 
+With ``--replicas N`` it runs N replicas sharing ``--shards``, and also
+measures what watching costs: the same Schedules are first applied to a
+namespace no operator watches (and deleted), so the apply time with the
+replicas running is set against the time with none; each replica's CPU from
+the first apply until it is back below 20% of a core, divided by the watch
+events it saw (the Schedules plus their status writes), is its cost per
+event. ``--no-status-wait`` skips waiting for every ``status.nextRunTime``,
+which under the default budget takes about a minute per 1,000 Schedules.
+Schedules run ``@every`` schedules/100 seconds (at least 10 s): about 100
+fires a second at any scale.
+
 Run from the repository root: ``.venv/bin/python bench/bench_operator.py``.
 """
 
@@ -49,6 +60,7 @@ from tests.support import controlplane, processes
 PROBE = "tests.support.handlers:ProbeHandler"
 CRDS = benchlib.REPO / "operator" / "schedulezero_operator" / "crds"
 NAMESPACE = "bench"
+UNWATCHED = "bench-unwatched"
 HANDLER = "probe"
 API_VERSION = "schedulezero.io/v1alpha1"
 MIB = 1024 * 1024
@@ -63,21 +75,21 @@ RequestKey = tuple[str, str]
 # -- the cluster ------------------------------------------------------------------
 
 
-def apply(cluster: controlplane.Cluster, items: list[dict[str, Any]], *extra: str) -> None:
+def apply(cluster: controlplane.Cluster, items: list[dict[str, Any]], *extra: str, namespace: str = NAMESPACE) -> None:
     document = {"apiVersion": "v1", "kind": "List", "items": items}
-    cluster.kubectl("apply", "-n", NAMESPACE, *extra, "-f", "-", input=json.dumps(document))
+    cluster.kubectl("apply", "-n", namespace, *extra, "-f", "-", input=json.dumps(document))
 
 
 def handler_doc(endpoint: str) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Handler", "metadata": {"name": HANDLER}, "spec": {"endpoint": endpoint}}
 
 
-def schedule_doc(index: int) -> dict[str, Any]:
+def schedule_doc(index: int, every: int) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "Schedule",
         "metadata": {"name": f"tick-{index:04d}"},
-        "spec": {"handler": HANDLER, "method": "tick", "schedule": "@every 10s"},
+        "spec": {"handler": HANDLER, "method": "tick", "schedule": f"@every {every}s"},
     }
 
 
@@ -85,17 +97,28 @@ def prepare(cluster: controlplane.Cluster, endpoint: str) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
     cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl("create", "namespace", UNWATCHED)
     cluster.kubectl("create", "namespace", "schedulezero-system")  # the election's Leases and checkpoints
     apply(cluster, [handler_doc(endpoint)])
 
 
-def apply_schedules(cluster: controlplane.Cluster, count: int, batches: int) -> float:
+def apply_schedules(cluster: controlplane.Cluster, args: argparse.Namespace, *, namespace: str = NAMESPACE) -> float:
     """Applies the Schedules in ``batches`` server-side ``kubectl apply`` runs, one after another; their time."""
     start = time.perf_counter()
-    size = -(-count // batches)
-    for first in range(0, count, size):
-        apply(cluster, [schedule_doc(index) for index in range(first, min(count, first + size))], "--server-side")
+    size = -(-args.schedules // args.batches)
+    for first in range(0, args.schedules, size):
+        docs = [schedule_doc(index, args.every) for index in range(first, min(args.schedules, first + size))]
+        apply(cluster, docs, "--server-side", namespace=namespace)
     return time.perf_counter() - start
+
+
+def apply_unwatched(cluster: controlplane.Cluster, args: argparse.Namespace) -> tuple[float, float]:
+    """The Schedules applied where no operator watches, and deleted again: (apply, delete) seconds."""
+    applied = apply_schedules(cluster, args, namespace=UNWATCHED)
+    start = time.perf_counter()
+    # One deletecollection request: kubectl delete --all deletes one object at a time.
+    cluster.kubectl("delete", "--raw", f"/apis/schedulezero.io/v1alpha1/namespaces/{UNWATCHED}/schedules")
+    return applied, time.perf_counter() - start
 
 
 def scheduled(cluster: controlplane.Cluster) -> int:
@@ -135,12 +158,22 @@ def running_handler(log_dir: pathlib.Path, *args: str) -> Iterator[processes.Han
 
 
 @contextlib.contextmanager
-def running_operator(
+def running_operators(
     cluster: controlplane.Cluster, log_dir: pathlib.Path, args: argparse.Namespace
+) -> Iterator[list[benchlib.ServerProcess]]:
+    """``--replicas`` operator processes, each on its own metrics port (``args.metrics_port`` + its index)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running_operator(cluster, log_dir, args, index)) for index in range(args.replicas)]
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: controlplane.Cluster, log_dir: pathlib.Path, args: argparse.Namespace, index: int = 0
 ) -> Iterator[benchlib.ServerProcess]:
     """``schedulezero operator`` with the defaults (status interval 2 s) but the budget and shards, no liveness."""
-    log = log_dir / "operator.log"
-    argv = [benchlib.SCHEDULEZERO, "operator", "-n", NAMESPACE, "--metrics-port", str(args.metrics_port)]
+    log = log_dir / f"operator-{index}.log"
+    port = str(args.metrics_port + index)
+    argv = [benchlib.SCHEDULEZERO, "operator", "-n", NAMESPACE, "--metrics-port", port, "--identity", f"op-{index}"]
     argv += [
         "--liveness-port",
         "0",
@@ -154,7 +187,7 @@ def running_operator(
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=benchlib.REPO, env=env)
-    operator = benchlib.ServerProcess("operator", popen, log)
+    operator = benchlib.ServerProcess(f"operator-{index}", popen, log)
     try:
         yield operator
     finally:
@@ -271,13 +304,73 @@ def measure_window(
 
 
 @dataclasses.dataclass(frozen=True)
+class Replica:
+    """One operator replica, as seen at steady state."""
+
+    name: str
+    cpu_percent: float
+    rss_mib: float
+    shards: int
+    scrape_bytes: int
+    scrape_seconds: float
+    api_requests_per_s: float
+    """Requests its API budget let through (statuses, Events, checkpoints), per second."""
+    event_ms: float
+    """CPU per watch event while the Schedules were applied: its CPU until caught up over the events."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
     apply_s: float
-    all_scheduled_s: float
+    unwatched: tuple[float, float] | None
+    """Applying the same Schedules where no operator watches, and deleting them: seconds."""
+    caught_up_s: float
+    """From the first apply until every replica is back below 20% of a core."""
+    all_scheduled_s: float | None
     baseline: Window
     steady: Window
+    replicas: list[Replica]
+    lateness_p99: float | None
     warnings: list[str]
     """The operator's log lines at WARNING or ERROR."""
+
+
+def metric_sum(text: str, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples whose labels contain ``labels``."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for found_labels, value in pattern.findall(text) if labels in (found_labels or ""))
+
+
+def lateness_buckets(texts: list[str]) -> dict[float, float]:
+    """The fire-lateness histogram's cumulative buckets, summed over the replicas."""
+    buckets: collections.defaultdict[float, float] = collections.defaultdict(float)
+    pattern = re.compile(r'^schedulezero_schedule_fire_lateness_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.MULTILINE)
+    for text in texts:
+        for bound, value in pattern.findall(text):
+            buckets[float(bound)] += float(value)
+    return dict(buckets)
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` of the observations between two scrapes."""
+    deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = deltas[-1][1] if deltas else 0.0
+    if total <= 0:
+        return None
+    return next(bound for bound, count in deltas if count >= q * total)
+
+
+def caught_up(operators: list[benchlib.ServerProcess], *, below: float = 20.0, timeout: float = 7200.0) -> None:
+    """Waits until every replica used less than ``below`` % of a core over 5 s: its watch backlog is done."""
+    deadline = time.monotonic() + timeout
+    processes_ = [psutil.Process(operator.pid) for operator in operators]
+    while time.monotonic() < deadline:
+        before = [sum(p.cpu_times()[:2]) for p in processes_]
+        time.sleep(5.0)
+        used = [100 * (sum(p.cpu_times()[:2]) - b) / 5.0 for p, b in zip(processes_, before, strict=True)]
+        if max(used) < below:
+            return
+    raise RuntimeError("the replicas did not catch up with the watch events")
 
 
 def measure_operator(
@@ -290,30 +383,69 @@ def measure_operator(
     pids = {**{process.name: process.popen.pid for process in plane.processes}, "handler": handler.popen.pid}
     print(f"control plane idle for {args.baseline:.0f} s (no operator, no Schedules)", flush=True)
     baseline = measure_window(plane, pids, args.baseline)
-    with running_operator(cluster, log_dir, args) as operator:
-        wait_until("Handler probed", lambda: handler_state(cluster) == "Active", operator, 60.0)
+    unwatched = None
+    if args.compare_apply:
+        unwatched = apply_unwatched(cluster, args)
+        print(f"no operator watching: applied in {unwatched[0]:.1f} s, deleted in {unwatched[1]:.1f} s", flush=True)
+    with running_operators(cluster, log_dir, args) as operators:
+        first = operators[0]
+        wait_until("Handler probed", lambda: handler_state(cluster) == "Active", first, 120.0)
+        time.sleep(15.0)  # the replicas join the election and share the shards out
+        replica_pids = {operator.name: operator.pid for operator in operators}
+        requests_before, cpu_before = api_requests(plane), cpu_seconds(replica_pids)
         start = time.perf_counter()
-        apply_s = apply_schedules(cluster, args.schedules, args.batches)
-        print(f"applied {args.schedules:,} Schedules in {apply_s:.1f} s", flush=True)
-        # Each first status is a write under the budget: the wait grows with the Schedules.
-        timeout = 240.0 + 2 * args.schedules / args.kube_api_qps
-        every = max(0.5, args.schedules / 1000)
-        wait_until("all scheduled", lambda: scheduled(cluster) == args.schedules, operator, timeout, every=every)
-        all_scheduled_s = time.perf_counter() - start
-        print(f"all {args.schedules:,} show status.nextRunTime after {all_scheduled_s:.1f} s", flush=True)
+        apply_s = apply_schedules(cluster, args)
+        print(f"applied {args.schedules:,} Schedules in {apply_s:.1f} s with {args.replicas} replicas", flush=True)
+        caught_up(operators)
+        caught_up_s = time.perf_counter() - start
+        cpu_after, requests_after = cpu_seconds(replica_pids), api_requests(plane)
+        writes = requests_after["PATCH", "schedules/status"] - requests_before["PATCH", "schedules/status"]
+        events = args.schedules + writes  # every replica sees every Schedule's ADDED and every status write
+        event_ms = {name: 1000 * (cpu_after[name] - cpu_before[name]) / events for name in replica_pids}
+        print(f"replicas caught up {caught_up_s:.1f} s after the first apply ({events:,} events each)", flush=True)
+        all_scheduled_s = None
+        if args.status_wait:
+            # Each first status is a write under the budget: the wait grows with the Schedules.
+            timeout = 240.0 + 2 * args.schedules / args.kube_api_qps
+            every = max(0.5, args.schedules / 1000)
+            wait_until("all scheduled", lambda: scheduled(cluster) == args.schedules, first, timeout, every=every)
+            all_scheduled_s = time.perf_counter() - start
+            print(f"all {args.schedules:,} show status.nextRunTime after {all_scheduled_s:.1f} s", flush=True)
         time.sleep(args.settle)
         print(f"steady state for {args.seconds:.0f} s", flush=True)
         fires = tick_calls(handler.endpoint)
+        texts_before = [scrape(args.metrics_port + i)[0] for i in range(args.replicas)]
         steady = measure_window(
-            plane,
-            {**pids, "operator": operator.pid},
-            args.seconds,
-            operator=operator.pid,
-            metrics_port=args.metrics_port,
+            plane, {**pids, **replica_pids}, args.seconds, operator=first.pid, metrics_port=args.metrics_port
         )
+        scrapes = [scrape(args.metrics_port + i) for i in range(args.replicas)]
         steady = dataclasses.replace(steady, fires=tick_calls(handler.endpoint) - fires)
-        warnings = [line for line in operator.output().splitlines() if "WARNING" in line or "ERROR" in line]
-    return Result(apply_s, all_scheduled_s, baseline, steady, warnings)
+        replicas = []
+        for index, operator in enumerate(operators):
+            (text, took), before = scrapes[index], texts_before[index]
+            requested = metric_sum(text, "schedulezero_api_requests_total") - metric_sum(
+                before, "schedulezero_api_requests_total"
+            )
+            replicas.append(
+                Replica(
+                    name=operator.name,
+                    cpu_percent=steady.cpu_percent[operator.name],
+                    rss_mib=psutil.Process(operator.pid).memory_info().rss / MIB,
+                    shards=int(metric_sum(text, "schedulezero_shards_held")),
+                    scrape_bytes=len(text),
+                    scrape_seconds=took,
+                    api_requests_per_s=requested / steady.seconds,
+                    event_ms=event_ms[operator.name],
+                )
+            )
+        lateness = bucket_quantile(lateness_buckets(texts_before), lateness_buckets([t for t, _ in scrapes]), 0.99)
+        warnings = [
+            line
+            for operator in operators
+            for line in operator.output().splitlines()
+            if "WARNING" in line or "ERROR" in line
+        ]
+    return Result(apply_s, unwatched, caught_up_s, all_scheduled_s, baseline, steady, replicas, lateness, warnings)
 
 
 # -- reporting --------------------------------------------------------------------
@@ -322,18 +454,22 @@ def measure_operator(
 def summary_table(result: Result, args: argparse.Namespace) -> str:
     steady, baseline = result.steady, result.baseline
     status_writes = steady.per_second(("PATCH", "schedules/status"))
+    applied = f"{result.apply_s:.1f} s"
+    if result.unwatched is not None:
+        floor = result.unwatched[0]
+        applied += f" (no operator watching: {floor:.1f} s; {result.apply_s / floor:.2f} times that)"
+    scheduled = "not waited for" if result.all_scheduled_s is None else f"{result.all_scheduled_s:.1f} s"
+    lateness = "no fires" if result.lateness_p99 is None else f"≤ {1000 * result.lateness_p99:g} ms (bucket bound)"
     rows = [
         [
-            f"kubectl apply --server-side, {args.batches} batches of {-(-args.schedules // args.batches)}",
-            f"{result.apply_s:.1f} s",
+            f"kubectl apply --server-side, {args.batches} batches of {-(-args.schedules // args.batches)}, "
+            f"{args.replicas} replicas running",
+            applied,
         ],
-        [f"first apply → all {args.schedules:,} show status.nextRunTime", f"{result.all_scheduled_s:.1f} s"],
-        [
-            f"operator RSS at steady state, max / last over {steady.seconds:.0f} s",
-            f"{steady.rss_max:,.0f} / {steady.rss_last:,.0f} MiB",
-        ],
-        ["operator CPU at steady state", f"{steady.cpu_percent['operator']:.0f}%"],
+        ["first apply → every replica below 20% of a core (watch backlog done)", f"{result.caught_up_s:.1f} s"],
+        [f"first apply → all {args.schedules:,} show status.nextRunTime", scheduled],
         ["fires/s (tick calls the handler served)", f"{steady.fires / steady.seconds:.1f}"],
+        ["fire lateness p99, all replicas", lateness],
         [
             "API requests/s at steady state (all)",
             f"{steady.per_second():.1f} (control plane alone: {baseline.per_second():.1f})",
@@ -343,16 +479,8 @@ def summary_table(result: Result, args: argparse.Namespace) -> str:
             f"{status_writes:.1f} ({status_writes / max(1.0, steady.fires / steady.seconds):.2f} per run)",
         ],
         [
-            f"API requests/s of the operator (all minus the control plane's); budget {args.kube_api_qps:g}/s",
-            f"{steady.per_second() - baseline.per_second():.1f}",
-        ],
-        [
-            "status backlog, max seen every 5 s: Schedules waiting / oldest change",
+            "status backlog of the first replica, max seen every 5 s: Schedules waiting / oldest change",
             f"{steady.pending_max:,.0f} / {steady.oldest_pending_max:.1f} s",
-        ],
-        [
-            "operator /metrics: size / time to scrape it (largest)",
-            f"{steady.scrape_bytes / MIB:.1f} MiB / {steady.scrape_seconds:.1f} s",
         ],
         [
             "CPU at steady state: kube-apiserver / etcd / handler",
@@ -361,6 +489,24 @@ def summary_table(result: Result, args: argparse.Namespace) -> str:
         ],
     ]
     return benchlib.markdown_table(["", "measured"], rows)
+
+
+def replicas_table(result: Result) -> str:
+    rows = [
+        [
+            replica.name,
+            str(replica.shards),
+            f"{replica.event_ms:.2f} ms",
+            f"{replica.cpu_percent:.1f}%",
+            f"{replica.rss_mib:,.0f} MiB",
+            f"{replica.scrape_bytes / MIB:.1f} MiB / {replica.scrape_seconds:.2f} s",
+            f"{replica.api_requests_per_s:.1f}",
+        ]
+        for replica in result.replicas
+    ]
+    headers = ["replica", "shards", "CPU per watch event", "CPU at steady state", "RSS", "/metrics size / scrape",
+               "API requests/s (budgeted)"]  # fmt: skip
+    return benchlib.markdown_table(headers, rows)
 
 
 def requests_table(result: Result) -> str:
@@ -388,7 +534,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kube-api-qps", type=float, default=20.0, help="the operator's API budget (its default)")
     parser.add_argument("--kube-api-burst", type=int, default=40, help="the operator's API burst (its default)")
     parser.add_argument("--shards", type=int, default=4, help="the operator's shards (the chart's default)")
-    return parser.parse_args()
+    parser.add_argument("--replicas", type=int, default=1, help="operator replicas sharing the shards")
+    parser.add_argument("--every", type=int, default=0, help="seconds between runs (default: about 100 fires/s)")
+    parser.add_argument(
+        "--compare-apply", action=argparse.BooleanOptionalAction, default=True,
+        help="first apply (and delete) the Schedules where no operator watches, for the apply time's floor",
+    )  # fmt: skip
+    parser.add_argument(
+        "--status-wait", action=argparse.BooleanOptionalAction, default=True,
+        help="wait until every Schedule shows status.nextRunTime (a minute per 1,000 at the default budget)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    args.every = args.every or max(10, args.schedules // 100)
+    return args
 
 
 def main() -> None:
@@ -406,9 +564,11 @@ def main() -> None:
             prepare(cluster, handler.endpoint)
             result = measure_operator(plane, cluster, handler, args, log_dir)
     print()
-    print(f"{args.schedules:,} Schedules, @every 10s, in one operator:")
+    print(f"{args.schedules:,} Schedules, @every {args.every}s, {args.replicas} replicas, {args.shards} shards:")
     print()
     print(summary_table(result, args))
+    print()
+    print(replicas_table(result))
     print()
     print(f"API server requests by verb and resource ({args.seconds:.0f} s with the operator at steady state):")
     print()
