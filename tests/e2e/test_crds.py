@@ -80,6 +80,24 @@ def test_defaults_are_filled_in(cluster: controlplane.Cluster, namespace: str) -
     assert spec["failedRunsHistoryLimit"] == 3
 
 
+def test_a_schedule_whose_status_is_not_written_yet_says_so(cluster: controlplane.Cluster, namespace: str) -> None:
+    """No operator runs here: what a user sees before the first status write (minutes, when thousands of
+    Schedules are applied at once under the API budget) is a reason, not blank columns."""
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "schedule-every.yaml"))
+    header, row = cluster.kubectl("get", "sched", "heartbeat", "-n", namespace).stdout.splitlines()
+    assert row.split()[4:6] == ["Unknown", "StatusPending"], f"{header}\n{row}"  # "@every 30s" is two
+    ready = cluster.kubectl("get", "sched", "heartbeat", "-n", namespace, "-o", "json")
+    (condition,) = json.loads(ready.stdout)["status"]["conditions"]
+    assert "API budget" in condition["message"]
+    written = {"status": {"conditions": [{**condition, "status": "True", "reason": "Scheduled"}]}}
+    cluster.kubectl(
+        "patch", "sched", "heartbeat", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+        json.dumps(written),
+    )  # fmt: skip
+    row = cluster.kubectl("get", "sched", "heartbeat", "-n", namespace).stdout.splitlines()[1]
+    assert row.split()[4:6] == ["True", "Scheduled"]
+
+
 def test_get_sched_prints_the_declared_columns(cluster: controlplane.Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "schedule-cron-timezone.yaml"))
     next_run = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
