@@ -415,10 +415,12 @@ def measure_operator(
         print(f"steady state for {args.seconds:.0f} s", flush=True)
         fires = tick_calls(handler.endpoint)
         texts_before = [scrape(args.metrics_port + i)[0] for i in range(args.replicas)]
+        counted_from = time.perf_counter()
         steady = measure_window(
             plane, {**pids, **replica_pids}, args.seconds, operator=first.pid, metrics_port=args.metrics_port
         )
         scrapes = [scrape(args.metrics_port + i) for i in range(args.replicas)]
+        counted = time.perf_counter() - counted_from  # the window and the scrapes around it
         steady = dataclasses.replace(steady, fires=tick_calls(handler.endpoint) - fires)
         replicas = []
         for index, operator in enumerate(operators):
@@ -434,7 +436,7 @@ def measure_operator(
                     shards=int(metric_sum(text, "schedulezero_shards_held")),
                     scrape_bytes=len(text),
                     scrape_seconds=took,
-                    api_requests_per_s=requested / steady.seconds,
+                    api_requests_per_s=requested / counted,
                     event_ms=event_ms[operator.name],
                 )
             )
