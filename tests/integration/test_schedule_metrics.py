@@ -41,12 +41,6 @@ def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.Hand
         yield process
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[client_.Client]:
-    async with client_.Client() as c:
-        yield c
-
-
 class Served:
     """An engine whose metrics are served on a port of their own."""
 
