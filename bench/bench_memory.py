@@ -46,7 +46,7 @@ PARTS = (
     ("trigger", ("schedulezero_operator/triggers.py", "schedulezero_operator/cron.py", "zoneinfo")),
     ("APScheduler job", ("apscheduler/",)),
     ("engine state", ("schedulezero_operator/engine.py", "status.py", "inputs.py", "copy.py", "datetime")),
-    ("metrics", ("prometheus_client/", "schedulezero_operator/metrics.py")),
+    ("metrics", ("prometheus_client/", "schedulezero_operator/metrics.py", "schedule_series.py")),
 )
 
 

@@ -174,6 +174,11 @@ def register_kubernetes(subparsers: Subparsers) -> None:
     operator.add_argument(
         "--liveness-port", type=int, default=8080, help="/healthz port for the liveness probe (0: none)"
     )
+    operator.add_argument(
+        "--per-schedule-histograms",
+        action="store_true",
+        help="a run-duration histogram per Schedule too (17 series each): for small installations only",
+    )
     operator.add_argument("--log-format", choices=["text", "json"], default="text")
     operator.add_argument("--verbose", action="store_true", help="debug logging")
     operator.add_argument(
@@ -277,6 +282,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         event_interval=args.event_interval,
         watch_timeout=args.watch_timeout,
         metrics_port=args.metrics_port or None,
+        per_schedule_histograms=args.per_schedule_histograms,
         identity=args.identity,
         lease_namespace=args.lease_namespace,
         namespaces=() if args.all_namespaces else tuple(args.namespace),

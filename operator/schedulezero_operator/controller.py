@@ -66,6 +66,8 @@ class ControllerSettings:
     """At most one Event per object and reason per this many seconds."""
     metrics_port: int | None = 9464
     """Port of ``/metrics``; None serves none."""
+    per_schedule_histograms: bool = False
+    """A run-duration histogram per Schedule as well as per handler and method: 17 more series per Schedule."""
     watch_timeout: int = 300
     """Seconds a watch request lasts before kopf renews it (server side); the client gives up a bit later."""
     ha: election.ElectionSettings = dataclasses.field(default_factory=election.ElectionSettings)
@@ -343,7 +345,7 @@ def _info(runtime: Runtime, qualified: str, address: str, pods: list[endpoints.E
 async def _start(config: ControllerSettings) -> Runtime:
     api = kubeapi.Api(await kubeapi.connect())
     client = client_.Client()
-    metrics = OperatorMetrics()
+    metrics = OperatorMetrics(per_schedule_histograms=config.per_schedule_histograms)
     budget = budget_.Budget(config.budget, on_grant=lambda kind: metrics.api_requests.labels(kind).inc())
     # reportingInstance names the replica: with several, `kubectl get events -o wide` says which one saw it.
     events = kubeapi.EventRecorder(api, interval=config.event_interval, instance=config.identity, budget=budget)

@@ -369,11 +369,7 @@ class Engine:
             self._event(key, warning=True, reason="InvalidSchedule", message=str(error))
             self._refresh(state)
             return state.invalid
-        self.metrics.series(self.metrics.suspended, *key.labels).set(1 if state.suspended else 0)
-        if first_seen:  # series made now rather than on the first run, which may be one of thousands at once
-            self.metrics.series(self.metrics.run_duration, *key.labels)
-            for outcome in (status.Outcome.SUCCEEDED, status.Outcome.FAILED):
-                self.metrics.series(self.metrics.runs, *key.labels, str(outcome))
+        self.metrics.schedule_applied(key, suspended=state.suspended)
         if state.suspended:
             self._unschedule(state)
         else:
@@ -395,7 +391,7 @@ class Engine:
         self._unschedule(state)
         self._index(state, {})
         self._writer.forget(key)
-        self.metrics.forget(key.namespace, key.name)
+        self.metrics.forget(key)
 
     def run_now(self, key: ScheduleKey, token: str) -> bool:
         """Runs once now for a new token (schedulezero.io/run-now); False if the token was seen already.
@@ -630,12 +626,7 @@ class Engine:
         self._show_next_run(state)
 
     def _show_next_run(self, state: ScheduleState) -> None:
-        """Every replica keeps every Schedule's timer, so each one's gauge follows it, owner or not; a
-        Schedule with no time left has none, as it has no next run."""
-        if state.next_run_time is None:
-            self.metrics.drop(self.metrics.next_run, *state.key.labels)
-        else:
-            self.metrics.series(self.metrics.next_run, *state.key.labels).set(state.next_run_time.timestamp())
+        self.metrics.next_run(state.key, state.next_run_time)
 
     def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
         """APScheduler's hand-over: queued, since it hands over every due job before returning to the loop."""
@@ -983,15 +974,9 @@ class Engine:
     def _finish(self, state: ScheduleState, record: status.RunRecord) -> None:
         key = state.key
         self._keep(state, record)
-        self.metrics.series(self.metrics.runs, *key.labels, str(record.outcome)).inc()
-        if record.trigger != "schedule":
-            self.metrics.series(self.metrics.requested_runs, *key.labels, record.trigger, str(record.outcome)).inc()
-        if record.start_time is not None and record.finish_time is not None:
-            duration = (record.finish_time - record.start_time).total_seconds()
-            self.metrics.series(self.metrics.run_duration, *key.labels).observe(duration)
-        if record.outcome is status.Outcome.SUCCEEDED and record.finish_time is not None:
-            self.metrics.series(self.metrics.last_success, *key.labels).set(record.finish_time.timestamp())
-        elif record.outcome in (status.Outcome.FAILED, status.Outcome.TIMED_OUT) and record.error is not None:
+        handler = f"{key.namespace}/{state.spec.get('handler')}"
+        self.metrics.run_ended(key, record, handler=handler, method=str(state.spec.get("method")))
+        if record.outcome in (status.Outcome.FAILED, status.Outcome.TIMED_OUT) and record.error is not None:
             tries = f"after {_count(record.attempts, 'attempt')}" if record.attempts else "without a call"
             message = f"run of {status.rfc3339(record.scheduled_time)} {record.outcome} {tries}: "
             self._event(key, warning=True, reason="RunFailed", message=message + record.error["message"])

@@ -112,7 +112,7 @@ def test_prometheus_sees_the_real_state_of_the_handlers(stack: Stack) -> None:
     finally:
         gamma.kill()
 
-    # Summed: each Schedule's Succeeded and Failed series exist, at 0, from the moment it is applied.
+    # Summed over outcomes: a Schedule has a series for each outcome it has had, from its first such run.
     eventually(lambda: prometheus.value(f'sum(schedulezero_schedule_runs_total{{namespace="{ns}",schedule="tick"}})'))
     assert prometheus.value('up{job="schedulezero-operator"}') == 1.0
 

@@ -236,6 +236,8 @@ async def test_metrics_endpoint_exports_the_operator_metrics(
     write(directory, "handler.yaml", handler_yaml(handler.endpoint))
     write(directory, "tick.yaml", schedule_yaml("tick", 'handler: probe\nmethod: tick\nschedule: "@every 1s"\n'))
     write(directory, "fail.yaml", schedule_yaml("fail", 'handler: probe\nmethod: nope\nschedule: "@every 1s"\n'))
+    paused = 'handler: probe\nmethod: tick\nschedule: "@every 1s"\nsuspend: true\n'
+    write(directory, "paused.yaml", schedule_yaml("paused", paused))
     mode = local.LocalMode(directory, state_path=tmp_path / "state.json", terminal=local.Terminal(io.StringIO()))
     port = processes.controlplane.free_port()
     mode.engine.metrics.serve(port=port, address="127.0.0.1")
@@ -250,12 +252,13 @@ async def test_metrics_endpoint_exports_the_operator_metrics(
     assert 'schedulezero_schedule_runs_total{namespace="default",outcome="Succeeded",schedule="tick"}' in text
     assert 'schedulezero_schedule_runs_total{namespace="default",outcome="Failed",schedule="fail"}' in text
     assert 'schedulezero_rpc_calls_total{code="MethodNotFound",handler="default/probe"}' in text
+    assert 'schedulezero_schedule_suspended{namespace="default",schedule="tick"}' not in text  # only while suspended
     for name in (
-        "schedulezero_schedule_run_duration_seconds_bucket",
+        'schedulezero_schedule_run_duration_seconds_bucket{handler="default/probe",le="0.005",method="tick"}',
         "schedulezero_schedule_fire_lateness_seconds_bucket",
         'schedulezero_schedule_next_run_timestamp_seconds{namespace="default",schedule="tick"}',
         'schedulezero_schedule_last_success_timestamp_seconds{namespace="default",schedule="tick"}',
-        'schedulezero_schedule_suspended{namespace="default",schedule="tick"} 0.0',
+        'schedulezero_schedule_suspended{namespace="default",schedule="paused"} 1',
         "schedulezero_rpc_call_duration_seconds_bucket",
         "schedulezero_build_info{",
         "schedulezero_status_writes_total",

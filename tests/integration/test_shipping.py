@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 
+from schedulezero_handler import cli
 from tests.support import controlplane
 
 REPO = controlplane.REPO
@@ -32,6 +33,7 @@ FEATURES = {
     "network-policy": ["--set=networkPolicy.enabled=true"],
     "namespaced": ["--set=watchNamespaces={team-a,team-b}"],
     "no-conductor": ["--set=conductor.enabled=false"],
+    "per-schedule-histograms": ["--set=operator.perScheduleHistograms=true"],
 }
 
 
@@ -127,6 +129,20 @@ def test_the_operator_runs_replicas_that_share_shards_and_roll(helm: pathlib.Pat
     assert {r["resources"][0] for r in role["rules"]} == {"leases", "configmaps"}
     single = template(helm, "schedulezero", "--set=operator.replicas=1")
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]  # it would block every drain
+
+
+@pytest.mark.parametrize(("values", "expected"), [([], False), (["--set=operator.perScheduleHistograms=true"], True)])
+def test_per_schedule_histograms_are_off_unless_the_values_ask(
+    helm: pathlib.Path, values: list[str], expected: bool
+) -> None:
+    """The chart's switch reaches the operator as the option its command line knows (not only its name)."""
+    documents = template(helm, "schedulezero", *values)
+    [operator] = [
+        d for d in documents if d["metadata"]["name"] == "rel-schedulezero-operator" and d["kind"] == "Deployment"
+    ]
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    parsed = cli.build_parser().parse_args(args)
+    assert parsed.per_schedule_histograms is expected
 
 
 def test_listed_namespaces_get_roles_and_no_cluster_rights(helm: pathlib.Path) -> None:
