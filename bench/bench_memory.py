@@ -13,10 +13,11 @@ into what a Schedule is made of:
 - **metrics**: the Schedule's series (``prometheus_client``, ``metrics.py``);
 - **other**: the rest (the keys, the dictionaries indexing them).
 
-RSS (psutil) before and after is shown next to it: the allocator keeps more
-than Python asks for. Then, on the standby, the same N Schedules are applied
-again with a status as their owner would write it (what a standby sees for
-every status write): the time per event, median of five rounds.
+RSS (psutil) before and after, measured in a process of its own without
+tracing, is shown next to it: the allocator keeps more than Python asks for.
+Then, on the standby, the same N Schedules are applied again with a status
+as their owner would write it (what a standby sees for every status write):
+the time per event, median of five rounds.
 
 Run from the repository root: ``.venv/bin/python bench/bench_memory.py``.
 """
@@ -29,6 +30,8 @@ import collections
 import datetime
 import gc
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 from typing import Any
@@ -142,12 +145,24 @@ async def event_cost(count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedules", type=int, default=10_000)
+    parser.add_argument("--rss-of", choices=["owner", "standby"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_of:  # a process of its own: memory freed by an earlier load would be reused and hide the cost
+        print(asyncio.run(load(args.schedules, owned=args.rss_of == "owner", traced=False))[1])
+        return
     print(benchlib.environment("apscheduler", "prometheus_client"))
     rows = []
     totals = []
     for owned in (True, False):
-        _, rss = asyncio.run(load(args.schedules, owned=owned, traced=False))
+        argv = [
+            sys.executable,
+            __file__,
+            "--schedules",
+            str(args.schedules),
+            "--rss-of",
+            "owner" if owned else "standby",
+        ]
+        rss = float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[-1])
         parts, _ = asyncio.run(load(args.schedules, owned=owned, traced=True))
         totals.append((owned, sum(parts.values()), rss))
         role = "owner" if owned else "standby"
