@@ -543,6 +543,35 @@ async def test_a_standby_fires_nothing_until_it_takes_over_from_the_checkpoint(
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(seen)] == [1.0] * (len(seen) - 1)
 
 
+async def test_a_standby_takes_over_from_the_newest_status_its_owner_wrote(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """A standby sees every status its owner writes (the spec unchanged) and keeps only the newest, read
+    when it takes the Schedule over: its catch-up starts there, and the counters carry on from it."""
+    ownership = Ownership()
+    standby, _ = await fenced_engine(handler, client, ownership)
+    key = ScheduleKey(NAMESPACE, f"s{next(_names)}")
+    created = (now() - datetime.timedelta(seconds=30)).replace(microsecond=0)
+    _created[key] = created
+    spec = {"method": "tick", "schedule": "@every 1s", "catchUpPolicy": "All"}
+    try:
+        for seconds, succeeded in ((5, 5), (12, 12), (20, 20)):  # as the owner's status writes arrive
+            written = {
+                "lastScheduleTime": (created + datetime.timedelta(seconds=seconds)).isoformat(),
+                "counters": {"succeeded": succeeded},
+            }
+            apply(standby, spec, key=key, status_=written)
+        ownership.owned = True
+        await standby.take_over([key], {})
+        await eventually(lambda: len(records(standby, key)) >= 3)
+        counters = standby.render_status(key)["counters"]  # type: ignore[index]
+    finally:
+        await standby.stop()
+    seen = sorted(datetime.datetime.fromisoformat(t["scheduled"]) for t in await ticks(client, handler, key))
+    assert seen[0] == created + datetime.timedelta(seconds=21)
+    assert counters["succeeded"] >= 20 + 3
+
+
 async def test_times_skipped_while_not_owned_are_caught_up_even_before_a_first_run(
     handler: processes.HandlerProcess, client: client_.Client
 ) -> None:
