@@ -8,7 +8,10 @@ second while anything changes, and at least once a minute regardless. Its
 cost is one write per shard per second, however many Schedules there are. A
 new owner starts from the newer of a Schedule's status and its checkpoint,
 and re-sends the runs in flight under the same run ids, which a handler
-answers from its reply cache.
+answers from its reply cache. The final checkpoint of a shard given up (a
+rebalance, a SIGTERM) also carries the run records no status write has
+carried yet, so the replica lets the shard go without first writing its
+status backlog, and the next owner writes them.
 
 A checkpoint is an input like a Schedule's status (``inputs.py``): anyone
 allowed to edit ConfigMaps in the operator's namespace can damage or delete
@@ -69,7 +72,7 @@ def _entries(progress: dict[str, engine.Progress]) -> dict[str, list[Any]]:
     return entries
 
 
-def without_records(progress: dict[str, engine.Progress], room: int) -> tuple[dict[str, engine.Progress], list[str]]:
+def fitting_records(progress: dict[str, engine.Progress], room: int) -> tuple[dict[str, engine.Progress], list[str]]:
     """``progress`` with as many Schedules' run records as fit in ``room`` bytes of JSON (the Schedules with
     the fewest first), and the uids of those whose records did not fit."""
     sizes = sorted((len(json.dumps(p.records, separators=(",", ":"))), uid) for uid, p in progress.items() if p.records)
@@ -281,8 +284,9 @@ class Checkpointer:
         dropped: list[str] = []
         if records:
             bare = {uid: dataclasses.replace(p, records=()) for uid, p in progress.items()}
-            room = MAX_SIZE - len(encode(merge(kept, bare))) - RECORDS_OVERHEAD * len(progress)
-            progress, dropped = without_records(progress, room)
+            carrying = sum(1 for p in progress.values() if p.records)
+            room = MAX_SIZE - len(encode(merge(kept, bare))) - RECORDS_OVERHEAD * carrying
+            progress, dropped = fitting_records(progress, room)
         return encode(merge(kept, progress)), keys, dropped
 
     def adopted(self, shard: int) -> None:

@@ -187,7 +187,7 @@ def test_run_records_fill_the_room_left_and_the_rest_are_named() -> None:
     at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     progress = {f"uid-{i}": engine.Progress(at, (), (record,) * (i + 1)) for i in range(4)}
     room = sum(len(json.dumps([record] * n, separators=(",", ":"))) + 1 for n in (1, 2))  # two of four fit
-    kept, over = checkpoints.without_records(progress, room)
+    kept, over = checkpoints.fitting_records(progress, room)
     assert sorted(over) == ["uid-2", "uid-3"]
     assert [bool(kept[f"uid-{i}"].records) for i in range(4)] == [True, True, False, False]
     decoded = checkpoints.decode(checkpoints.encode(kept))
