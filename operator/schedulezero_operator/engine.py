@@ -29,13 +29,10 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from apscheduler.executors.base import BaseExecutor
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 from schedulezero_handler import client as client_
 from schedulezero_handler import routing
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import inputs, runs, sinks, status, triggers
+from schedulezero_operator import collector, inputs, runs, sinks, status, timer, triggers
 from schedulezero_operator.errors import InvalidSchedule
 from schedulezero_operator.metrics import OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
@@ -141,6 +138,9 @@ class ScheduleState:
     the checkpoint this replica writes as it hands the shard over is concerned, so the next owner runs them."""
     resend: set[datetime.datetime] = dataclasses.field(default_factory=set)
     """Owed times that a previous owner left in flight: sent again, and marked so in the call."""
+    plan: tuple[dict[str, Any], float, runs.CallPlan] | None = None
+    """The CallPlan of its runs, with the spec (by identity: a change replaces it) and the engine start it was
+    made for."""
 
     @property
     def suspended(self) -> bool:
@@ -149,25 +149,6 @@ class ScheduleState:
     @property
     def policy(self) -> str:
         return str(self.spec.get("concurrencyPolicy") or "Forbid")
-
-
-class _Executor(BaseExecutor):  # type: ignore[misc]
-    """Hands APScheduler's due times to the engine instead of running a job function.
-
-    It bypasses APScheduler's instance counting: overlapping runs are the
-    engine's concurrencyPolicy to decide, not APScheduler's max_instances.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__()
-        self._engine = engine
-
-    def submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
-        self._engine._fire(job.id, run_times)
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
-        """BaseExecutor's abstract hook, which only its own ``submit_job`` calls: never reached here."""
-        raise NotImplementedError("the engine's executor hands due times over in submit_job")
 
 
 def _timer_job() -> None:
@@ -201,11 +182,15 @@ class Engine:
         self._handlers: dict[tuple[str, str], HandlerInfo] = {}
         self._by_handler: defaultdict[tuple[str, str], set[ScheduleKey]] = defaultdict(set)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._firing: collections.deque[tuple[str, list[datetime.datetime]]] = collections.deque()
-        """Due times APScheduler handed over and the engine has not looked at yet."""
+        self._firing: collections.deque[timer.Due] = collections.deque()
+        """Due jobs the timer handed over and the engine has not looked at yet."""
         self._drained = asyncio.Event()
         """Set while no burst is being fired: runs ending meanwhile record their outcome after it."""
         self._drained.set()
+        self._collector_held = False
+        """Whether this engine holds the garbage collector off for a burst being fired."""
+        self._settling: list[tuple[timer.Due, timer.Advanced]] = []
+        """Due jobs fired in the burst under way, to move in the job store once its calls are out."""
         self._started = time.monotonic()
         self._writer = sinks.StatusWriter(
             status_sink,
@@ -218,10 +203,8 @@ class Engine:
         self.metrics.track_status(self._writer, budget)
         # APScheduler logs every job added at INFO: with thousands of Schedules, noise.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        self._scheduler = AsyncIOScheduler(
-            timezone=UTC,
-            executors={"default": _Executor(self)},
-            job_defaults={"misfire_grace_time": None, "coalesce": False},
+        self._scheduler = timer.Timer(
+            on_due=self._fire, timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": False}
         )
 
     # -- lifecycle ----------------------------------------------------------------
@@ -240,7 +223,9 @@ class Engine:
         """
         self._scheduler.shutdown(wait=False)
         self._firing.clear()  # not looked at: not started, so the next owner (or this one, restarted) catches up
+        self._settling.clear()
         self._drained.set()
+        self._release_collector()
         active = [run for state in self._schedules.values() for run in state.active.values() if run.task]
         if active:
             _, late = await asyncio.wait([run.task for run in active if run.task], timeout=self.settings.stop_grace)
@@ -565,11 +550,17 @@ class Engine:
         else:
             self.metrics.series(self.metrics.next_run, *state.key.labels).set(state.next_run_time.timestamp())
 
-    def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
-        """APScheduler's hand-over: queued, since it hands over every due job before returning to the loop."""
-        self._firing.append((job_id, run_times))
+    def _fire(self, due: list[timer.Due]) -> None:
+        """The timer's hand-over of every job due at its wake-up: queued, and looked at batch by batch.
+
+        The burst holds the garbage collector off (``collector.py``) until its calls have been sent.
+        """
+        self._firing.extend(due)
         if self._drained.is_set():
             self._drained.clear()
+            if not self._collector_held:
+                self._collector_held = True
+                collector.hold()
             asyncio.get_running_loop().call_soon(self._drain)
 
     def _drain(self) -> None:
@@ -581,22 +572,50 @@ class Engine:
         Schedules are looked at.
         """
         for _ in range(min(BURST_BATCH, len(self._firing))):
-            job_id, run_times = self._firing.popleft()
+            due = self._firing.popleft()
             try:
-                self._fire_now(job_id, run_times)
+                advanced = self._scheduler.advance(due)
+            except Exception:  # its timer goes, rather than coming due again and again
+                log.exception("%s: not fired, and no longer scheduled", due.job.id)
+                self._scheduler.discard(due)
+                continue
+            self._settling.append((due, advanced))
+            try:
+                self._fire_now(due, advanced)
             except Exception:  # one Schedule, however broken, neither stops the burst nor the ones after it
-                log.exception("%s: not fired", job_id)
+                log.exception("%s: not fired", due.job.id)
+        loop = asyncio.get_running_loop()
         if self._firing:
-            asyncio.get_running_loop().call_soon(self._drain)
+            loop.call_soon(self._drain)
         else:
             self._drained.set()
+            # After the first steps of the tasks just started, which send their calls: they were queued first.
+            loop.call_soon(self._burst_sent)
 
-    def _fire_now(self, job_id: str, run_times: list[datetime.datetime]) -> None:
-        namespace, _, name = job_id.partition("/")
+    def _burst_sent(self) -> None:
+        """The burst's calls are out: its jobs move to their next times, and the timer and collector resume."""
+        settling, self._settling = self._settling, []
+        for due, advanced in settling:
+            try:
+                self._scheduler.settle(due, advanced)
+            except Exception:  # its Schedule's timer is lost, not the others'
+                log.exception("%s: not rescheduled", due.job.id)
+        self._scheduler.resume()
+        self._release_collector()
+
+    def _release_collector(self) -> None:
+        if self._collector_held and self._drained.is_set():
+            self._collector_held = False
+            collector.release()
+
+    def _fire_now(self, due: timer.Due, advanced: timer.Advanced) -> None:
+        run_times = advanced.run_times
+        namespace, _, name = due.job.id.partition("/")
         state = self._schedules.get(ScheduleKey(namespace, name))
-        if state is None or state.trigger is None:
+        if state is None or state.trigger is None or not run_times:
             return
-        state.next_run_time = state.trigger.next_after(run_times[-1])
+        # The job changed since the wake-up: the next time from the Schedule's trigger as it is now.
+        state.next_run_time = advanced.following if advanced.current else state.trigger.next_after(run_times[-1])
         self._show_next_run(state)
         if not self._owns(state.key):  # fenced: its owner fires it, or a new one catches up
             state.unowned_since = state.unowned_since or run_times[0]
@@ -840,6 +859,10 @@ class Engine:
         return run
 
     def _plan(self, state: ScheduleState) -> runs.CallPlan:
+        """What every run of the Schedule calls: made once per spec, not per run (a burst makes thousands)."""
+        cached = state.plan
+        if cached is not None and cached[0] is state.spec and cached[1] == self._started:
+            return cached[2]
         spec = state.spec
         handler = str(spec.get("handler"))
         handler_key = (state.key.namespace, handler)
@@ -849,12 +872,12 @@ class Engine:
             info = self._handlers.get(handler_key)
             return info.route(run_id, down=self.client.is_down) if info is not None else None
 
-        return runs.CallPlan(
+        plan = runs.CallPlan(
             owns=lambda: self._owns(state.key),
             sender=self.settings.identity,
             route=route,
             exists=lambda: handler_key in self._handlers,
-            handler_wait=max(0.0, self._started + self.settings.startup_grace - time.monotonic()),
+            handler_until=self._started + self.settings.startup_grace,
             handler=f"{state.key.namespace}/{handler}",
             method=str(spec.get("method")),
             params=dict(spec.get("params") or {}),
@@ -865,6 +888,8 @@ class Engine:
                 max_backoff=float(retry.get("maxBackoffSeconds", 60)),
             ),
         )
+        state.plan = (spec, self._started, plan)
+        return plan
 
     async def _carry(self, state: ScheduleState, run: runs.Run, plan: runs.CallPlan) -> status.RunRecord | None:
         try:
