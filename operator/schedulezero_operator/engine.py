@@ -141,6 +141,8 @@ class ScheduleState:
     plan: tuple[dict[str, Any], float, runs.CallPlan] | None = None
     """The CallPlan of its runs, with the spec (by identity: a change replaces it) and the engine start it was
     made for."""
+    prepared: tuple[datetime.datetime, uuid.UUID] | None = None
+    """Its next time's run id, worked out before the time, so that a burst does not (``Engine._prepare``)."""
 
     @property
     def suspended(self) -> bool:
@@ -534,6 +536,20 @@ class Engine:
             _timer_job, trigger=state.trigger, id=job_id, replace_existing=True, next_run_time=state.next_run_time
         )
         self._show_next_run(state)
+        self._prepare(state)
+
+    def _prepare(self, state: ScheduleState) -> None:
+        """Works out ahead of its next time what a run needs that does not change until then: its run id and
+        its CallPlan. Done when the Schedule is scheduled and after each burst, so that a burst only starts runs."""
+        if state.next_run_time is not None:
+            state.prepared = (state.next_run_time, runs.run_id(state.uid, state.next_run_time))
+            self._plan(state)
+
+    def _run_id(self, state: ScheduleState, nominal: datetime.datetime) -> uuid.UUID:
+        prepared = state.prepared
+        if prepared is not None and prepared[0] == nominal:
+            return prepared[1]
+        return runs.run_id(state.uid, nominal)
 
     def _unschedule(self, state: ScheduleState) -> None:
         state.next_run_time = None
@@ -593,7 +609,8 @@ class Engine:
             loop.call_soon(self._burst_sent)
 
     def _burst_sent(self) -> None:
-        """The burst's calls are out: its jobs move to their next times, and the timer and collector resume."""
+        """The burst's calls are out: its jobs move to their next times, and the timer and collector resume;
+        the next-run gauges follow, and the Schedules' next runs are prepared."""
         settling, self._settling = self._settling, []
         for due, advanced in settling:
             try:
@@ -602,6 +619,11 @@ class Engine:
                 log.exception("%s: not rescheduled", due.job.id)
         self._scheduler.resume()
         self._release_collector()
+        for due, _ in settling:
+            state = self._schedules.get(_job_key(due.job.id))
+            if state is not None:
+                self._show_next_run(state)
+                self._prepare(state)
 
     def _release_collector(self) -> None:
         if self._collector_held and self._drained.is_set():
@@ -610,13 +632,12 @@ class Engine:
 
     def _fire_now(self, due: timer.Due, advanced: timer.Advanced) -> None:
         run_times = advanced.run_times
-        namespace, _, name = due.job.id.partition("/")
-        state = self._schedules.get(ScheduleKey(namespace, name))
+        state = self._schedules.get(_job_key(due.job.id))
         if state is None or state.trigger is None or not run_times:
             return
-        # The job changed since the wake-up: the next time from the Schedule's trigger as it is now.
+        # The job changed since the wake-up: the next time from the Schedule's trigger as it is now. Its gauge
+        # follows once the burst's calls are out.
         state.next_run_time = advanced.following if advanced.current else state.trigger.next_after(run_times[-1])
-        self._show_next_run(state)
         if not self._owns(state.key):  # fenced: its owner fires it, or a new one catches up
             state.unowned_since = state.unowned_since or run_times[0]
             return
@@ -829,7 +850,7 @@ class Engine:
         resent: bool = False,
         owed: bool = False,
     ) -> runs.Run | None:
-        identity = run_id or runs.run_id(state.uid, nominal)
+        identity = run_id or self._run_id(state, nominal)
         if identity in state.active:
             return None
         if not self._owns(state.key):  # lost a moment ago: the next owner runs it
@@ -1061,6 +1082,11 @@ class Engine:
 
 def _always(key: ScheduleKey) -> bool:
     return True
+
+
+def _job_key(job_id: str) -> ScheduleKey:
+    namespace, _, name = job_id.partition("/")
+    return ScheduleKey(namespace, name)
 
 
 def _params_rejected(params: dict[str, Any], declared: tuple[Mapping[str, Any], ...] | None) -> str | None:

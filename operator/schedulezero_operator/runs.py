@@ -92,7 +92,7 @@ def _always() -> bool:
     return True
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class CallPlan:
     """What to call for a run, resolved from the Schedule and its Handler when the run starts."""
 

@@ -658,7 +658,8 @@ async def test_a_burst_moves_every_schedule_to_its_next_time_once_and_lets_the_g
     handler: processes.HandlerProcess, client: client_.Client
 ) -> None:
     """Schedules due at one instant are fired in batches, the collector held off meanwhile; afterwards each
-    one's timer is at its next time (not due again, not lost), and the collector runs as before."""
+    one's timer is at its next time (not due again, not lost), and the collector runs as before. Each run goes
+    out under its own run id, though it was worked out before its time."""
     fired_with_collector: list[bool] = []
     sink = MemorySink()
     engine = engine_.Engine(
@@ -684,3 +685,9 @@ async def test_a_burst_moves_every_schedule_to_its_next_time_once_and_lets_the_g
     assert len({t["run"] for t in seen}) == len(seen)  # ...and no time twice
     second = status_.rfc3339(instant + datetime.timedelta(seconds=2))
     assert sum(t["scheduled"] == second for t in seen) == count  # and the timer came back for the next one
+    # Run ids worked out ahead of the time (at apply, then after the burst) are the runs' own.
+    expected = {
+        runs.run_id(f"uid-{t['schedule'].partition('/')[2]}", datetime.datetime.fromisoformat(t["scheduled"])).hex
+        for t in seen
+    }
+    assert {t["run"] for t in seen} == expected
