@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.schedulers.base import STATE_PAUSED
+from apscheduler.schedulers.base import STATE_RUNNING
 
 TIMEOUT_MAX = 86_400 * 365.0
 """The longest wait the timer arms (APScheduler caps it at threading's TIMEOUT_MAX, far beyond)."""
@@ -67,7 +67,7 @@ class Timer(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler 3 is untyped
         self._handing_out = False
 
     def _process_jobs(self) -> float | None:
-        if self.state == STATE_PAUSED or self._handing_out:
+        if self.state != STATE_RUNNING or self._handing_out:  # paused, stopped, or due jobs still handed out
             return None
         now = datetime.datetime.now(self.timezone)
         due: list[Due] = []
