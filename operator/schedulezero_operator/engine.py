@@ -107,6 +107,18 @@ class HandlerInfo:
         return routing.choose(run_id, self.replicas, down=down)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a Schedule's run at ``nominal`` needs that does not change until then."""
+
+    nominal: datetime.datetime
+    run_id: uuid.UUID
+    following: datetime.datetime | None
+    """The time after ``nominal``: what bounds the run's jitter and retries."""
+    trigger: triggers.Trigger
+    """The trigger ``following`` came from: a changed Schedule's no longer counts."""
+
+
 @dataclasses.dataclass
 class ScheduleState:
     key: ScheduleKey
@@ -141,8 +153,8 @@ class ScheduleState:
     plan: tuple[dict[str, Any], float, runs.CallPlan] | None = None
     """The CallPlan of its runs, with the spec (by identity: a change replaces it) and the engine start it was
     made for."""
-    prepared: tuple[datetime.datetime, uuid.UUID] | None = None
-    """Its next time's run id, worked out before the time, so that a burst does not (``Engine._prepare``)."""
+    prepared: Prepared | None = None
+    """Its next run, worked out before the time, so that a burst does not (``Engine._prepare``)."""
 
     @property
     def suspended(self) -> bool:
@@ -541,15 +553,17 @@ class Engine:
     def _prepare(self, state: ScheduleState) -> None:
         """Works out ahead of its next time what a run needs that does not change until then: its run id and
         its CallPlan. Done when the Schedule is scheduled and after each burst, so that a burst only starts runs."""
-        if state.next_run_time is not None:
-            state.prepared = (state.next_run_time, runs.run_id(state.uid, state.next_run_time))
+        nominal, trigger = state.next_run_time, state.trigger
+        if nominal is not None and trigger is not None:
+            identity = runs.run_id(state.uid, nominal)
+            state.prepared = Prepared(nominal, identity, trigger.next_after(nominal), trigger)
             self._plan(state)
 
-    def _run_id(self, state: ScheduleState, nominal: datetime.datetime) -> uuid.UUID:
+    def _prepared(self, state: ScheduleState, nominal: datetime.datetime) -> Prepared | None:
         prepared = state.prepared
-        if prepared is not None and prepared[0] == nominal:
-            return prepared[1]
-        return runs.run_id(state.uid, nominal)
+        if prepared is not None and prepared.nominal == nominal and prepared.trigger is state.trigger:
+            return prepared
+        return None
 
     def _unschedule(self, state: ScheduleState) -> None:
         state.next_run_time = None
@@ -850,14 +864,18 @@ class Engine:
         resent: bool = False,
         owed: bool = False,
     ) -> runs.Run | None:
-        identity = run_id or self._run_id(state, nominal)
+        prepared = self._prepared(state, nominal)
+        identity = run_id or (prepared.run_id if prepared is not None else runs.run_id(state.uid, nominal))
         if identity in state.active:
             return None
         if not self._owns(state.key):  # lost a moment ago: the next owner runs it
             if identity == runs.run_id(state.uid, nominal):
                 state.left.add(nominal)
             return None
-        following = state.trigger.next_after(nominal) if state.trigger is not None else None
+        if prepared is not None:
+            following = prepared.following
+        else:
+            following = state.trigger.next_after(nominal) if state.trigger is not None else None
         room = (following - nominal).total_seconds() if following is not None else None
         target = nominal + datetime.timedelta(
             seconds=runs.jitter(identity, max_seconds=float(state.spec.get("jitterSeconds") or 0), room=room)

@@ -93,12 +93,17 @@ class Timer(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler 3 is untyped
         is the cheap part of APScheduler's bookkeeping: the job's triggers, no job-store moves.
         """
         job = due.job
-        run_times: list[datetime.datetime] = job._get_run_times(due.now)
+        # APScheduler's Job._get_run_times, keeping the first time after them: the job's next time (coalesced
+        # or not, the time after the last one due), which APScheduler would ask the trigger for once more.
+        run_times: list[datetime.datetime] = []
+        following: datetime.datetime | None = job.next_run_time
+        while following is not None and following <= due.now:
+            run_times.append(following)
+            following = job.trigger.get_next_fire_time(following, due.now)
         if run_times and job.coalesce:
             run_times = run_times[-1:]
         if not run_times:
             return Advanced([], job.next_run_time, current=False)
-        following: datetime.datetime | None = job.trigger.get_next_fire_time(run_times[-1], due.now)
         store = self._jobstores.get(due.store)
         current = store is not None and store.lookup_job(job.id) is job
         return Advanced(run_times, following, current=current)
