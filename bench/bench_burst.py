@@ -35,8 +35,12 @@ from schedulezero_operator import status
 
 GOALS_MS = {1_000: 30.0, 10_000: 250.0}
 """The last call's lateness each size should reach."""
+RATIO_GOAL = 1.5
+"""The engine's last call against the floor's, at the sizes with a goal: the engine's own share of a burst."""
 LEAD = datetime.timedelta(seconds=2)
 """From setting up a burst to its instant."""
+REPLY_WAIT = 10.0
+"""How long the floor waits for its replies once every call has started at the handler."""
 
 
 async def _collect(handler: bench_engine.LatenessHandler, count: int, timeout: float = 60.0) -> list[float]:
@@ -69,8 +73,17 @@ async def floor(handler: bench_engine.LatenessHandler, count: int) -> list[float
     ]
     await handler.take_samples_ms()
     await _until(instant)
-    await asyncio.gather(*(handler.client.attempt(handler.endpoint, call) for call in calls))
-    return await _collect(handler, count)
+    sent = [asyncio.ensure_future(handler.client.attempt(handler.endpoint, call)) for call in calls]
+    samples = await _collect(handler, count)
+    # A handler answering faster than this client reads loses replies beyond ZeroMQ's high-water marks (the
+    # calls ran: the samples say so); they are counted, not waited for until their deadline.
+    _, unanswered = await asyncio.wait(sent, timeout=REPLY_WAIT)
+    for task in unanswered:
+        task.cancel()
+    await asyncio.gather(*sent, return_exceptions=True)
+    if unanswered:
+        print(f"  floor: {len(unanswered)} of {count} replies did not arrive within {REPLY_WAIT:.0f} s", flush=True)
+    return samples
 
 
 async def engine(handler: bench_engine.LatenessHandler, count: int) -> list[float]:
@@ -119,18 +132,20 @@ async def run(endpoint: str, args: argparse.Namespace) -> dict[int, Row]:
 
 def table(results: dict[int, Row]) -> str:
     headers = ["Schedules due at once", "floor p50 / last (ms)", "engine p50 / last (ms)", "engine ÷ floor (last)"]
-    headers.append("goal (last)")
+    headers += ["goal (last)", f"goal ≤ {RATIO_GOAL} x the floor"]
     rows = []
     for count, row in results.items():
         last = statistics.median(row["engine max"])
         goal = GOALS_MS.get(count)
+        ratio = statistics.median(row["ratio"])
         rows.append(
             [
                 f"{count:,}",
                 f"{statistics.median(row['floor p50']):.1f} / {statistics.median(row['floor max']):.1f}",
                 f"{statistics.median(row['engine p50']):.1f} / {last:.1f}",
-                f"{statistics.median(row['ratio']):.2f} x",
+                f"{ratio:.2f} x",
                 "—" if goal is None else f"≤ {goal:.0f} ms: {benchlib.verdict(last <= goal)}",
+                "—" if goal is None else benchlib.verdict(ratio <= RATIO_GOAL),
             ]
         )
     return benchlib.markdown_table(headers, rows)

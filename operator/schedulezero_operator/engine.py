@@ -30,13 +30,10 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from apscheduler.executors.base import BaseExecutor
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 from schedulezero_handler import client as client_
 from schedulezero_handler import routing
 from schedulezero_operator import budget as budget_
-from schedulezero_operator import inputs, runs, sinks, status, triggers
+from schedulezero_operator import collector, inputs, runs, sinks, status, timer, triggers
 from schedulezero_operator.errors import InvalidSchedule
 from schedulezero_operator.metrics import OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
@@ -117,6 +114,18 @@ class HandlerInfo:
         return routing.choose(run_id, self.replicas, down=down)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a Schedule's run at ``nominal`` needs that does not change until then."""
+
+    nominal: datetime.datetime
+    run_id: uuid.UUID
+    following: datetime.datetime | None
+    """The time after ``nominal``: what bounds the run's jitter and retries."""
+    trigger: triggers.Trigger
+    """The trigger ``following`` came from: a changed Schedule's no longer counts."""
+
+
 @dataclasses.dataclass
 class ScheduleState:
     """What the engine keeps per Schedule. Every replica keeps one for every Schedule it watches, so its
@@ -157,6 +166,11 @@ class ScheduleState:
     replica handing the Schedule over puts in its final checkpoint instead of writing the status itself."""
     rendering: int = 0
     """How many of ``unwritten`` the status write in flight carries: they are dropped when it succeeds."""
+    plan: tuple[dict[str, Any], float, runs.CallPlan] | None = None
+    """The CallPlan of its runs, with the spec (by identity: a change replaces it) and the engine start it was
+    made for."""
+    prepared: Prepared | None = None
+    """Its next run, worked out before the time, so that a burst does not (``Engine._prepare``)."""
 
     unread: dict[str, Any] | None = None
     """The status the owner last wrote, as a standby saw it and not parsed yet. A standby sees every status
@@ -183,25 +197,6 @@ class ScheduleState:
     @property
     def policy(self) -> str:
         return str(self.spec.get("concurrencyPolicy") or "Forbid")
-
-
-class _Executor(BaseExecutor):  # type: ignore[misc]
-    """Hands APScheduler's due times to the engine instead of running a job function.
-
-    It bypasses APScheduler's instance counting: overlapping runs are the
-    engine's concurrencyPolicy to decide, not APScheduler's max_instances.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__()
-        self._engine = engine
-
-    def submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
-        self._engine._fire(job.id, run_times)
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime.datetime]) -> None:
-        """BaseExecutor's abstract hook, which only its own ``submit_job`` calls: never reached here."""
-        raise NotImplementedError("the engine's executor hands due times over in submit_job")
 
 
 def _timer_job() -> None:
@@ -235,11 +230,15 @@ class Engine:
         self._handlers: dict[tuple[str, str], HandlerInfo] = {}
         self._by_handler: defaultdict[tuple[str, str], set[ScheduleKey]] = defaultdict(set)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._firing: collections.deque[tuple[str, list[datetime.datetime]]] = collections.deque()
-        """Due times APScheduler handed over and the engine has not looked at yet."""
+        self._firing: collections.deque[timer.Due] = collections.deque()
+        """Due jobs the timer handed over and the engine has not looked at yet."""
         self._drained = asyncio.Event()
         """Set while no burst is being fired: runs ending meanwhile record their outcome after it."""
         self._drained.set()
+        self._collector_held = False
+        """Whether this engine holds the garbage collector off for a burst being fired."""
+        self._settling: list[tuple[timer.Due, timer.Advanced]] = []
+        """Due jobs fired in the burst under way, to move in the job store once its calls are out."""
         self._started = time.monotonic()
         self._writer = sinks.StatusWriter(
             status_sink,
@@ -253,10 +252,8 @@ class Engine:
         self.metrics.track_status(self._writer, budget)
         # APScheduler logs every job added at INFO: with thousands of Schedules, noise.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        self._scheduler = AsyncIOScheduler(
-            timezone=UTC,
-            executors={"default": _Executor(self)},
-            job_defaults={"misfire_grace_time": None, "coalesce": False},
+        self._scheduler = timer.Timer(
+            on_due=self._fire, timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": False}
         )
 
     # -- lifecycle ----------------------------------------------------------------
@@ -278,7 +275,9 @@ class Engine:
         """
         self._scheduler.shutdown(wait=False)
         self._firing.clear()  # not looked at: not started, so the next owner (or this one, restarted) catches up
+        self._settling.clear()
         self._drained.set()
+        self._release_collector()
         active = [run for state in self._schedules.values() for run in state.active.values() if run.task]
         if active:
             _, late = await asyncio.wait([run.task for run in active if run.task], timeout=self.settings.stop_grace)
@@ -617,6 +616,22 @@ class Engine:
             _timer_job, trigger=state.trigger, id=job_id, replace_existing=True, next_run_time=state.next_run_time
         )
         self._show_next_run(state)
+        self._prepare(state)
+
+    def _prepare(self, state: ScheduleState) -> None:
+        """Works out ahead of its next time what a run needs that does not change until then: its run id and
+        its CallPlan. Done when the Schedule is scheduled and after each burst, so that a burst only starts runs."""
+        nominal, trigger = state.next_run_time, state.trigger
+        if nominal is not None and trigger is not None:
+            identity = runs.run_id(state.uid, nominal)
+            state.prepared = Prepared(nominal, identity, trigger.next_after(nominal), trigger)
+            self._plan(state)
+
+    def _prepared(self, state: ScheduleState, nominal: datetime.datetime) -> Prepared | None:
+        prepared = state.prepared
+        if prepared is not None and prepared.nominal == nominal and prepared.trigger is state.trigger:
+            return prepared
+        return None
 
     def _unschedule(self, state: ScheduleState) -> None:
         state.next_run_time = None
@@ -628,11 +643,17 @@ class Engine:
     def _show_next_run(self, state: ScheduleState) -> None:
         self.metrics.next_run(state.key, state.next_run_time)
 
-    def _fire(self, job_id: str, run_times: list[datetime.datetime]) -> None:
-        """APScheduler's hand-over: queued, since it hands over every due job before returning to the loop."""
-        self._firing.append((job_id, run_times))
+    def _fire(self, due: list[timer.Due]) -> None:
+        """The timer's hand-over of every job due at its wake-up: queued, and looked at batch by batch.
+
+        The burst holds the garbage collector off (``collector.py``) until its calls have been sent.
+        """
+        self._firing.extend(due)
         if self._drained.is_set():
             self._drained.clear()
+            if not self._collector_held:
+                self._collector_held = True
+                collector.hold()
             asyncio.get_running_loop().call_soon(self._drain)
 
     def _drain(self) -> None:
@@ -644,23 +665,56 @@ class Engine:
         Schedules are looked at.
         """
         for _ in range(min(BURST_BATCH, len(self._firing))):
-            job_id, run_times = self._firing.popleft()
+            due = self._firing.popleft()
             try:
-                self._fire_now(job_id, run_times)
+                advanced = self._scheduler.advance(due)
+            except Exception:  # its timer goes, rather than coming due again and again
+                log.exception("%s: not fired, and no longer scheduled", due.job.id)
+                self._scheduler.discard(due)
+                continue
+            self._settling.append((due, advanced))
+            try:
+                self._fire_now(due, advanced)
             except Exception:  # one Schedule, however broken, neither stops the burst nor the ones after it
-                log.exception("%s: not fired", job_id)
+                log.exception("%s: not fired", due.job.id)
+        loop = asyncio.get_running_loop()
         if self._firing:
-            asyncio.get_running_loop().call_soon(self._drain)
+            loop.call_soon(self._drain)
         else:
             self._drained.set()
+            # After the first steps of the tasks just started, which send their calls: they were queued first.
+            loop.call_soon(self._burst_sent)
 
-    def _fire_now(self, job_id: str, run_times: list[datetime.datetime]) -> None:
-        namespace, _, name = job_id.partition("/")
-        state = self._schedules.get(ScheduleKey(namespace, name))
-        if state is None or state.trigger is None:
+    def _burst_sent(self) -> None:
+        """The burst's calls are out: its jobs move to their next times, and the timer and collector resume;
+        the next-run gauges follow, and the Schedules' next runs are prepared."""
+        settling, self._settling = self._settling, []
+        for due, advanced in settling:
+            try:
+                self._scheduler.settle(due, advanced)
+            except Exception:  # its Schedule's timer is lost, not the others'
+                log.exception("%s: not rescheduled", due.job.id)
+        self._scheduler.resume()
+        self._release_collector()
+        for due, _ in settling:
+            state = self._schedules.get(_job_key(due.job.id))
+            if state is not None:
+                self._show_next_run(state)
+                self._prepare(state)
+
+    def _release_collector(self) -> None:
+        if self._collector_held and self._drained.is_set():
+            self._collector_held = False
+            collector.release()
+
+    def _fire_now(self, due: timer.Due, advanced: timer.Advanced) -> None:
+        run_times = advanced.run_times
+        state = self._schedules.get(_job_key(due.job.id))
+        if state is None or state.trigger is None or not run_times:
             return
-        state.next_run_time = state.trigger.next_after(run_times[-1])
-        self._show_next_run(state)
+        # The job changed since the wake-up: the next time from the Schedule's trigger as it is now. Its gauge
+        # follows once the burst's calls are out.
+        state.next_run_time = advanced.following if advanced.current else state.trigger.next_after(run_times[-1])
         if not self._owns(state.key):  # fenced: its owner fires it, or a new one catches up
             state.unowned_since = state.unowned_since or run_times[0]
             return
@@ -873,14 +927,18 @@ class Engine:
         resent: bool = False,
         owed: bool = False,
     ) -> runs.Run | None:
-        identity = run_id or runs.run_id(state.uid, nominal)
+        prepared = self._prepared(state, nominal)
+        identity = run_id or (prepared.run_id if prepared is not None else runs.run_id(state.uid, nominal))
         if identity in state.active:
             return None
         if not self._owns(state.key):  # lost a moment ago: the next owner runs it
             if identity == runs.run_id(state.uid, nominal):
                 state.left.add(nominal)
             return None
-        following = state.trigger.next_after(nominal) if state.trigger is not None else None
+        if prepared is not None:
+            following = prepared.following
+        else:
+            following = state.trigger.next_after(nominal) if state.trigger is not None else None
         room = (following - nominal).total_seconds() if following is not None else None
         target = nominal + datetime.timedelta(
             seconds=runs.jitter(identity, max_seconds=float(state.spec.get("jitterSeconds") or 0), room=room)
@@ -903,6 +961,10 @@ class Engine:
         return run
 
     def _plan(self, state: ScheduleState) -> runs.CallPlan:
+        """What every run of the Schedule calls: made once per spec, not per run (a burst makes thousands)."""
+        cached = state.plan
+        if cached is not None and cached[0] is state.spec and cached[1] == self._started:
+            return cached[2]
         spec = state.spec
         handler = str(spec.get("handler"))
         handler_key = (state.key.namespace, handler)
@@ -912,12 +974,12 @@ class Engine:
             info = self._handlers.get(handler_key)
             return info.route(run_id, down=self.client.is_down) if info is not None else None
 
-        return runs.CallPlan(
+        plan = runs.CallPlan(
             owns=lambda: self._owns(state.key),
             sender=self.settings.identity,
             route=route,
             exists=lambda: handler_key in self._handlers,
-            handler_wait=max(0.0, self._started + self.settings.startup_grace - time.monotonic()),
+            handler_until=self._started + self.settings.startup_grace,
             handler=f"{state.key.namespace}/{handler}",
             method=str(spec.get("method")),
             params=dict(spec.get("params") or {}),
@@ -928,6 +990,8 @@ class Engine:
                 max_backoff=float(retry.get("maxBackoffSeconds", 60)),
             ),
         )
+        state.plan = (spec, self._started, plan)
+        return plan
 
     async def _carry(self, state: ScheduleState, run: runs.Run, plan: runs.CallPlan) -> status.RunRecord | None:
         try:
@@ -1104,6 +1168,11 @@ class Engine:
 
 def _always(key: ScheduleKey) -> bool:
     return True
+
+
+def _job_key(job_id: str) -> ScheduleKey:
+    namespace, _, name = job_id.partition("/")
+    return ScheduleKey(namespace, name)
 
 
 def _params_rejected(params: dict[str, Any], declared: tuple[Mapping[str, Any], ...] | None) -> str | None:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -91,7 +92,7 @@ def _always() -> bool:
     return True
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class CallPlan:
     """What to call for a run, resolved from the Schedule and its Handler when the run starts."""
 
@@ -100,8 +101,9 @@ class CallPlan:
     its ranking picks; None while the Handler does not exist; Unavailable when it has no ready replica."""
     exists: Callable[[], bool]
     """Whether the Handler exists now."""
-    handler_wait: float
-    """How long to wait for a missing Handler before failing the run (HandlerNotFound) without a call."""
+    handler_until: float
+    """Until when (``time.monotonic``) a run waits for a missing Handler before failing (HandlerNotFound)
+    without a call: the operator's start-up grace, as watches deliver Schedules and Handlers in no fixed order."""
     handler: str
     method: str
     params: dict[str, Any]
@@ -266,13 +268,15 @@ async def _attempts(
 
 
 async def _handler_seen(plan: CallPlan, poll: float = 0.1) -> bool:
-    """Whether the Handler exists, waiting up to ``handler_wait``: just after a start, the watches may
+    """Whether the Handler exists, waiting until ``handler_until``: just after a start, the watches may
     deliver a Schedule before its Handler."""
-    for _ in range(math.ceil(plan.handler_wait / poll)):
+    if plan.exists():
+        return True
+    for _ in range(math.ceil((plan.handler_until - time.monotonic()) / poll)):
+        await asyncio.sleep(poll)
         if plan.exists():
             return True
-        await asyncio.sleep(poll)
-    return plan.exists()
+    return False
 
 
 def _endpoint(plan: CallPlan, run: Run) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import itertools
 import time
 import uuid
@@ -680,3 +681,42 @@ async def test_a_burst_of_a_thousand_same_instant_runs_all_run_once_despite_busy
         "schedulezero_rpc_calls_total", {"handler": f"{NAMESPACE}/probe", "code": "Busy"}
     )
     assert (busy or 0) > 0  # the burst did meet the handler's limit
+
+
+async def test_a_burst_moves_every_schedule_to_its_next_time_once_and_lets_the_garbage_collector_run_again(
+    handler: processes.HandlerProcess, client: client_.Client
+) -> None:
+    """Schedules due at one instant are fired in batches, the collector held off meanwhile; afterwards each
+    one's timer is at its next time (not due again, not lost), and the collector runs as before. Each run goes
+    out under its own run id, though it was worked out before its time."""
+    fired_with_collector: list[bool] = []
+    sink = MemorySink()
+    engine = engine_.Engine(
+        client=client, status_sink=sink, on_progress=lambda key: fired_with_collector.append(gc.isenabled())
+    )
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.endpoint))
+    await engine.start()
+    instant = (now() + datetime.timedelta(seconds=3)).replace(microsecond=0)
+    spec = {"method": "tick", "schedule": "@every 2s", "startTime": instant.isoformat()}
+    count = 3 * engine_.BURST_BATCH
+    try:
+        keys = [apply(engine, spec, key=ScheduleKey(NAMESPACE, f"wave-{index}")) for index in range(count)]
+        await eventually(lambda: all(len(records(engine, key)) >= 2 for key in keys), timeout=60)
+    finally:
+        await engine.stop()
+    assert gc.isenabled()
+    assert len(fired_with_collector) >= count
+    assert not any(fired_with_collector[:count])  # the first burst, held off
+    seen = [
+        t for t in await client.call(handler.endpoint, "ticks_seen") if t["schedule"].startswith(f"{NAMESPACE}/wave-")
+    ]
+    assert sum(t["scheduled"] == status_.rfc3339(instant) for t in seen) == count  # every first time ran...
+    assert len({t["run"] for t in seen}) == len(seen)  # ...and no time twice
+    second = status_.rfc3339(instant + datetime.timedelta(seconds=2))
+    assert sum(t["scheduled"] == second for t in seen) == count  # and the timer came back for the next one
+    # Run ids worked out ahead of the time (at apply, then after the burst) are the runs' own.
+    expected = {
+        runs.run_id(f"uid-{t['schedule'].partition('/')[2]}", datetime.datetime.fromisoformat(t["scheduled"])).hex
+        for t in seen
+    }
+    assert {t["run"] for t in seen} == expected
