@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
 from schedulezero_handler import endpoints, security, text
@@ -35,6 +34,7 @@ from schedulezero_operator import (
     election,
     election_thread,
     joining,
+    keys,
     kubeapi,
     leases,
     probe,
@@ -80,6 +80,10 @@ class ControllerSettings:
     """The namespaces watched; empty is every namespace."""
     joining: joining.JoinSettings = dataclasses.field(default_factory=joining.JoinSettings)
     """When this replica enters the election: once it has seen every Schedule (joining.py)."""
+    default_security: keys.Mode = "plaintext"
+    """How a Handler with neither spec.security nor spec.curve is called: with keys the operator issues, or not."""
+    key_check_interval: float = 30.0
+    """Seconds between re-reads of each Handler's key Secrets, so a deleted or damaged one is issued again."""
 
 
 @dataclasses.dataclass
@@ -102,6 +106,8 @@ class Runtime:
     """(kind, namespace, name) -> uid, for Events about objects."""
     listing: joining.Listing
     """The Schedules listed at start: the election waits until the watch has delivered them all."""
+    issuer: keys.KeyIssuer
+    """How each Handler is called (CURVE or not) and the keys the operator issues for it."""
     joined: asyncio.Task[None] | None = None
     """Lists the Schedules, waits for them, then enters the election."""
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -243,6 +249,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving, runtime.probed,
                          runtime.curves):  # fmt: skip
                 gone.pop(qualified, None)
+            runtime.issuer.forget(namespace, name)
             return
         runtime.uids["Handler", namespace, name] = body["metadata"]["uid"]
         spec = copy.deepcopy(dict(body.get("spec") or {}))
@@ -379,6 +386,13 @@ async def _start(config: ControllerSettings) -> Runtime:
         status_sink=status_sink,
         uids=uids,
         listing=joining.Listing(config.joining),
+        issuer=keys.KeyIssuer(
+            keys.SecretStore(api.core, budget),
+            namespace=config.lease_namespace,
+            mode=config.default_security,
+            report=lambda *event: _report_keys(runtime, *event),
+            byo=lambda namespace, secret: _byo_keys(runtime, namespace, secret),
+        ),
     )
     client.on_connection = lambda endpoint, up: prober.poke(endpoint)  # a lost pod shows in status at once
     if config.metrics_port:
@@ -387,6 +401,14 @@ async def _start(config: ControllerSettings) -> Runtime:
     await runtime.engine.start()
     runtime.prober.start()
     checkpointer.start()
+    await runtime.issuer.start()
+    runtime.spawn(
+        runtime.issuer.recheck(
+            lambda: _known_handlers(runtime),
+            lambda namespace, name, now: _keys_changed(runtime, namespace, name, now),
+            interval=config.key_check_interval,
+        )
+    )
     runtime.joined = asyncio.get_running_loop().create_task(_join(runtime, config))
     log.info(
         "operator %s: %s, Leases %s-shard-N in %s",
@@ -461,18 +483,33 @@ def _checkpointed(runtime: Runtime, shard: int, size: int) -> None:
 
 
 async def _curve(runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]) -> security.CurveClient | None:
-    """The Handler's CURVE keys, or None without spec.curve; a bad Secret is an Event, and calls then fail."""
-    secret_name = (spec.get("curve") or {}).get("secretName")
-    if not secret_name:
-        return None
-    try:
-        await runtime.budget.acquire("secret")
-        return await runtime.api.curve_keys(namespace, str(secret_name))
-    except (ApiException, ValueError) as error:
-        message = f"CURVE keys from Secret {secret_name!r} unusable: {getattr(error, 'reason', None) or error}"
-        ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
-        runtime.events.record(ref, warning=True, reason="InvalidCurveSecret", message=message)
-        return None
+    """The Handler's CURVE keys (its own Secret's, or issued), or None to call it in clear text (keys.py)."""
+    uid = runtime.uids.get(("Handler", namespace, name), "")
+    return (await runtime.issuer.resolve(namespace, name, uid, spec)).curve
+
+
+def _report_keys(runtime: Runtime, namespace: str, name: str, warning: bool, reason: str, message: str) -> None:
+    ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
+    runtime.events.record(ref, warning=warning, reason=reason, message=message)
+
+
+async def _keys_changed(runtime: Runtime, namespace: str, name: str, now: keys.Security) -> None:
+    """A Secret re-read found other keys (or none): calls use them from now on."""
+    runtime.curves[f"{namespace}/{name}"] = now.curve
+    await _publish(runtime, namespace, name)
+
+
+def _known_handlers(runtime: Runtime) -> list[tuple[str, str, str, dict[str, Any]]]:
+    known = []
+    for qualified, spec in runtime.specs.items():
+        namespace, _, name = qualified.partition("/")
+        known.append((namespace, name, runtime.uids.get(("Handler", namespace, name), ""), spec))
+    return known
+
+
+async def _byo_keys(runtime: Runtime, namespace: str, secret_name: str) -> security.CurveClient:
+    await runtime.budget.acquire("secret")
+    return await runtime.api.curve_keys(namespace, secret_name)
 
 
 def resolve_endpoint(namespace: str, spec: dict[str, Any]) -> str:
@@ -504,8 +541,14 @@ def _probed(runtime: Runtime, qualified: str, results: list[probe.ProbeResult]) 
         ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
         message = "; ".join(summary.unreachable) or "no ready replica"
         runtime.events.record(ref, warning=True, reason="HandlerUnreachable", message=message)
-    runtime.handlers[qualified] = summary.status
-    runtime.spawn(_write_handler_status(runtime, namespace, name, summary.status))
+    written = dict(summary.status)
+    encrypted = keys.condition(
+        runtime.issuer.state.get(qualified), previous.get("conditions") or (), now=datetime.datetime.now(datetime.UTC)
+    )
+    if encrypted is not None:
+        written["conditions"] = [*written.get("conditions", ()), encrypted]
+    runtime.handlers[qualified] = written
+    runtime.spawn(_write_handler_status(runtime, namespace, name, written))
 
 
 async def _write_handler_status(runtime: Runtime, namespace: str, name: str, handler_status: dict[str, Any]) -> None:

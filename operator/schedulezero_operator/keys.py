@@ -1,0 +1,395 @@
+"""CURVE keys the operator issues, so that a Handler's calls are encrypted and authenticated with no set-up.
+
+A Handler with neither ``spec.security`` nor ``spec.curve`` gets keys issued
+(unless the operator runs with ``--default-security plaintext``). Three kinds
+of Secret carry them, each labelled ``schedulezero.io/curve`` and
+``app.kubernetes.io/managed-by: schedulezero-operator``:
+
+- two **identities** in the operator's own namespace: the client key pair the
+  operator's replicas call with (one pair, shared) and the conductor's;
+- in each namespace with issued Handlers, **the authorized clients**
+  (``schedulezero-curve-clients``): ``operator.key`` and ``conductor.key``,
+  the public halves, which handler pods mount as their authorized-keys
+  directory. Other ``*.key`` entries are left alone, so an admin may add a
+  client of their own (and revoke it by removing it);
+- per Handler, **its server pair** (``NAME-curve``: ``server.key``,
+  ``server.key_secret``), owned by the Handler, so it goes when the Handler does.
+
+Secrets are only read by name, never listed, and only Secrets that carry the
+label are written: one of the same name without it is reported and left alone.
+A Secret of ours that is deleted or no longer parses is issued again, with the
+pair last read when this replica knows it (so running handler pods keep
+serving the key their clients use), else with a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import datetime
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from schedulezero_handler import security
+from schedulezero_operator import budget as budget_
+
+log = logging.getLogger(__name__)
+
+LABEL = "schedulezero.io/curve"
+"""Its value says what the Secret holds: ``identity``, ``clients`` or ``server``."""
+MANAGED_BY = ("app.kubernetes.io/managed-by", "schedulezero-operator")
+CLIENTS_SECRET = "schedulezero-curve-clients"
+OPERATOR_IDENTITY = "schedulezero-operator-curve"
+CONDUCTOR_IDENTITY = "schedulezero-conductor-curve"
+HANDLER_API_VERSION = "schedulezero.io/v1alpha1"
+
+Mode = Literal["curve", "plaintext"]
+
+
+def server_secret_name(handler: str) -> str:
+    """The Secret a Handler's issued pair lives in; the handler chart mounts it by this name."""
+    return f"{handler}-curve"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Security:
+    """How a Handler is called, and why: the ``Encrypted`` condition and the keys themselves."""
+
+    curve: security.CurveClient | None
+    encrypted: bool
+    reason: str
+    message: str
+
+
+Report = Callable[[str, str, bool, str, str], None]
+"""(namespace, handler, warning, reason, message): an Event on the Handler."""
+
+
+@dataclasses.dataclass
+class _Read:
+    data: dict[str, str]
+    labels: dict[str, str]
+    version: str
+
+
+class SecretStore:
+    """Get, create and replace Secrets by name, each request paid for from the budget."""
+
+    def __init__(self, core: Any, budget: budget_.Budget) -> None:
+        self._core = core
+        self._budget = budget
+
+    async def read(self, namespace: str, name: str) -> _Read | None:
+        await self._budget.acquire("secret")
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace, _request_timeout=30)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        decoded = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                decoded[key] = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded[key] = ""  # unreadable: parsing it fails, naming the key
+        metadata = secret.metadata
+        return _Read(decoded, dict(metadata.labels or {}), str(metadata.resource_version or ""))
+
+    async def write(
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, str],
+        *,
+        kind: str,
+        version: str | None = None,
+        owner: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates the Secret, or (with ``version``) replaces the one at that resourceVersion; 409 raises."""
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL: kind, MANAGED_BY[0]: MANAGED_BY[1]},
+        }
+        if owner is not None:
+            metadata["ownerReferences"] = [owner]
+        if version is not None:
+            metadata["resourceVersion"] = version
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": metadata,
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+        }
+        await self._budget.acquire("secret")
+        if version is None:
+            await self._core.create_namespaced_secret(namespace, body, _request_timeout=30)
+        else:
+            await self._core.replace_namespaced_secret(name, namespace, body, _request_timeout=30)
+
+
+def ours(read: _Read, kind: str) -> bool:
+    return read.labels.get(LABEL) == kind and read.labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
+
+
+def _pair(read: _Read | None, key: str, what: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a Secret's ``key``; ValueError naming what is wrong."""
+    if read is None or key not in read.data:
+        raise ValueError(f"{what} lacks {key}")
+    public, secret = security.parse_certificate(read.data[key], f"{what} {key}")
+    if secret is None:
+        raise ValueError(f"{what} {key} holds no secret-key")
+    if len(public) != 40 or len(secret) != 40:
+        raise ValueError(f"{what} {key} holds keys that are not 40-character Z85")
+    return public, secret
+
+
+class KeyIssuer:
+    """Issues and reads the keys of Handlers that do not opt out, and says how each is called."""
+
+    def __init__(
+        self,
+        store: SecretStore,
+        *,
+        namespace: str,
+        mode: Mode,
+        report: Report,
+        byo: Callable[[str, str], Awaitable[security.CurveClient]],
+    ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self.mode: Mode = mode
+        self._report = report
+        self._byo = byo
+        self._identity: tuple[bytes, bytes] | None = None
+        self._conductor: bytes | None = None
+        self._pairs: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        """The last server pair read or written per Handler: what its pods serve, so a lost Secret gets it again."""
+        self.state: dict[str, Security] = {}
+        """How each Handler is called, by namespace/name."""
+
+    @property
+    def operator_public(self) -> bytes | None:
+        return self._identity[0] if self._identity else None
+
+    async def start(self) -> None:
+        """Reads or issues the operator's and the conductor's identities; a failure is retried on next use."""
+        if self.mode == "curve":
+            try:
+                await self._identities()
+            except (ApiException, ValueError) as error:
+                log.warning("CURVE identities in %s not ready: %s", self._namespace, _why(error))
+
+    async def _identities(self) -> None:
+        if self._identity is not None and self._conductor is not None:
+            return
+        self._identity = await self._identity_pair(OPERATOR_IDENTITY)
+        self._conductor = (await self._identity_pair(CONDUCTOR_IDENTITY))[0]
+
+    async def _identity_pair(self, name: str) -> tuple[bytes, bytes]:
+        what = f"Secret {self._namespace}/{name}"
+        for _ in range(3):  # another replica may write it between our read and our write
+            read = await self._store.read(self._namespace, name)
+            if read is not None and not ours(read, "identity"):
+                raise ValueError(f"{what} exists without the label {LABEL}=identity; not using or replacing it")
+            try:
+                return _pair(read, "client.key_secret", what)
+            except ValueError as error:
+                if read is not None:
+                    log.warning("%s unusable (%s): issuing a new identity", what, error)
+            public, secret = security.new_pair()
+            data = {
+                "client.key": security.certificate_text(public),
+                "client.key_secret": security.certificate_text(public, secret),
+            }
+            try:
+                await self._store.write(
+                    self._namespace, name, data, kind="identity", version=read.version if read else None
+                )
+            except ApiException as error:
+                if error.status in (409,):
+                    continue
+                raise
+            log.info("issued the CURVE identity %s", what)
+            return public, secret
+        raise ValueError(f"{what} kept changing while it was issued")
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.state.pop(f"{namespace}/{name}", None)
+        self._pairs.pop((namespace, name), None)
+
+    async def resolve(self, namespace: str, name: str, uid: str, spec: dict[str, Any]) -> Security:
+        """How the Handler is called now, issuing or repairing its keys as needed; reports changes as Events."""
+        qualified = f"{namespace}/{name}"
+        before = self.state.get(qualified)
+        try:
+            now = await self._resolve(namespace, name, uid, spec)
+        except Exception as error:  # the API failing: keep what worked, say why once
+            if before is not None and before.encrypted:
+                log.warning("Handler %s: keys not re-read (%s); keeping them", qualified, _why(error))
+                return before
+            now = Security(
+                curve=None, encrypted=False, reason="KeysUnavailable", message=f"CURVE keys unavailable: {_why(error)}"
+            )
+        self.state[qualified] = now
+        changed = before is None or before.reason != now.reason
+        if changed and not now.encrypted and now.reason != "PlaintextByDefault":
+            self._report(namespace, name, True, _EVENT_REASONS.get(now.reason, now.reason), now.message)
+        return now
+
+    async def _resolve(self, namespace: str, name: str, uid: str, spec: dict[str, Any]) -> Security:
+        secret_name = (spec.get("curve") or {}).get("secretName")
+        if spec.get("security") == "plaintext":
+            message = (
+                "spec.security is plaintext: calls travel in clear text and any pod that reaches it may call any method"
+            )
+            return Security(curve=None, encrypted=False, reason="Plaintext", message=message)
+        if secret_name:
+            try:
+                curve = await self._byo(namespace, str(secret_name))
+            except (ApiException, ValueError) as error:
+                message = f"CURVE keys from Secret {secret_name!r} unusable: {_why(error)}"
+                return Security(curve=None, encrypted=False, reason="InvalidCurveSecret", message=message)
+            return Security(
+                curve=curve, encrypted=True, reason="SecretProvided", message=f"keys from Secret {secret_name}"
+            )
+        if self.mode == "plaintext":
+            message = "no spec.security or spec.curve, and this operator issues no keys (--default-security plaintext)"
+            return Security(curve=None, encrypted=False, reason="PlaintextByDefault", message=message)
+        try:
+            await self._identities()
+            await self._authorize(namespace)
+        except ValueError as error:
+            return Security(
+                curve=None, encrypted=False, reason="KeysUnavailable", message=f"CURVE keys unavailable: {error}"
+            )
+        return await self._server(namespace, name, uid)
+
+    async def _authorize(self, namespace: str) -> None:
+        """The namespace's authorized-clients Secret lists the operator's and conductor's public keys."""
+        assert self._identity is not None
+        assert self._conductor is not None
+        wanted = {
+            "operator.key": security.certificate_text(self._identity[0]),
+            "conductor.key": security.certificate_text(self._conductor),
+        }
+        read = await self._store.read(namespace, CLIENTS_SECRET)
+        if read is not None and not ours(read, "clients"):
+            raise ValueError(f"Secret {namespace}/{CLIENTS_SECRET} exists without the label {LABEL}=clients")
+        if read is not None and all(read.data.get(key) == value for key, value in wanted.items()):
+            return
+        data = {**(read.data if read is not None else {}), **wanted}
+        try:
+            await self._store.write(
+                namespace, CLIENTS_SECRET, data, kind="clients", version=read.version if read else None
+            )
+        except ApiException as error:
+            if error.status != 409:  # another replica wrote it: read again next time
+                raise
+
+    async def _server(self, namespace: str, name: str, uid: str) -> Security:
+        assert self._identity is not None
+        secret_name = server_secret_name(name)
+        what = f"Secret {namespace}/{secret_name}"
+        read = await self._store.read(namespace, secret_name)
+        if read is not None and not ours(read, "server"):
+            message = (
+                f"{what} exists without the label {LABEL}=server: not using or replacing it; "
+                "rename it, or name it in spec.curve.secretName"
+            )
+            return Security(curve=None, encrypted=False, reason="SecretConflict", message=message)
+        try:
+            pair = _pair(read, "server.key_secret", what)
+        except ValueError as error:
+            pair = await self._reissue(namespace, name, uid, read, what, error)
+        self._pairs[(namespace, name)] = pair
+        curve = security.CurveClient(
+            server_public_key=pair[0], public_key=self._identity[0], secret_key=self._identity[1]
+        )
+        return Security(curve=curve, encrypted=True, reason="KeysIssued", message=f"keys issued in {what}")
+
+    async def _reissue(
+        self, namespace: str, name: str, uid: str, read: _Read | None, what: str, error: ValueError
+    ) -> tuple[bytes, bytes]:
+        known = self._pairs.get((namespace, name))
+        public, secret = known if known is not None else security.new_pair()
+        data = {
+            "server.key": security.certificate_text(public),
+            "server.key_secret": security.certificate_text(public, secret),
+        }
+        owner = {"apiVersion": HANDLER_API_VERSION, "kind": "Handler", "name": name, "uid": uid}
+        await self._store.write(
+            namespace,
+            server_secret_name(name),
+            data,
+            kind="server",
+            version=read.version if read else None,
+            owner=owner,
+        )
+        if read is None and known is None:
+            self._report(namespace, name, False, "CurveKeysIssued", f"issued a CURVE key pair in {what}")
+        else:
+            same = (
+                "the key pair its pods serve"
+                if known is not None
+                else "a new key pair (its pods must restart to serve it)"
+            )
+            why = "was deleted" if read is None else f"was unusable ({error})"
+            self._report(namespace, name, True, "CurveSecretReissued", f"{what} {why}: issued it again with {same}")
+        return public, secret
+
+    async def recheck(
+        self,
+        handlers: Callable[[], Iterable[tuple[str, str, str, dict[str, Any]]]],
+        on_change: Callable[[str, str, Security], Awaitable[None]],
+        *,
+        interval: float,
+    ) -> None:
+        """Every ``interval`` seconds, each Handler's Secrets again: a deleted or damaged one is issued again."""
+        while True:
+            await asyncio.sleep(interval)
+            for namespace, name, uid, spec in list(handlers()):
+                before = self.state.get(f"{namespace}/{name}")
+                now = await self.resolve(namespace, name, uid, spec)
+                if now != before:
+                    await on_change(namespace, name, now)
+
+
+_EVENT_REASONS = {
+    "Plaintext": "PlaintextHandler",
+    "SecretConflict": "CurveSecretConflict",
+    "KeysUnavailable": "CurveKeysUnavailable",
+}
+
+
+def condition(
+    current: Security | None, previous: Iterable[dict[str, Any]], *, now: datetime.datetime
+) -> dict[str, Any] | None:
+    """The Handler's ``Encrypted`` condition, its transition time kept while its status holds."""
+    if current is None:
+        return None
+    status = "True" if current.encrypted else "False"
+    before = next((c for c in previous if c.get("type") == "Encrypted"), None)
+    since = (
+        before["lastTransitionTime"]
+        if before and before.get("status") == status
+        else now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    return {
+        "type": "Encrypted",
+        "status": status,
+        "reason": current.reason,
+        "message": current.message,
+        "lastTransitionTime": since,
+    }
+
+
+def _why(error: BaseException) -> str:
+    return str(getattr(error, "reason", None) or error)

@@ -1,0 +1,242 @@
+"""Secure by default: the operator issues CURVE keys to Handlers that name none, on the real API server.
+
+Handlers run as local processes; their keys come from the issued Secrets
+through ``SecretMount``, which keeps a directory in step with a Secret as the
+kubelet keeps a Secret volume.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import pathlib
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes
+import pytest
+
+from tests.e2e.test_operator import apply, eventually, get, handler_doc, schedule_doc, succeeded
+from tests.support import conductor, controlplane, processes
+from tests.support.mounts import SecretMount
+from tests.support.operator import Operator
+from tests.support.proxy import Proxy
+
+pytestmark = pytest.mark.e2e
+
+PROBE = "tests.support.handlers:ProbeHandler"
+SYSTEM = "schedulezero-system"
+
+
+@pytest.fixture
+def operator(system_kubeconfigs: dict[str, pathlib.Path], namespace: str, tmp_path: pathlib.Path) -> Iterator[Operator]:
+    """The operator as the charts run it: issuing keys to every Handler that names none."""
+    extra = ("--default-security", "curve", "--key-check-interval", "1")
+    running = Operator(system_kubeconfigs["operator"], tmp_path / "operator.log", "--namespace", namespace, extra=extra)
+    running.start()
+    yield running
+    running.stop(signal.SIGKILL)
+    print(running.output()[-5000:])
+
+
+@pytest.fixture
+def core(api_client: kubernetes.client.ApiClient) -> Any:
+    return kubernetes.client.CoreV1Api(api_client)
+
+
+def secret(cluster: controlplane.Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(cluster.kubectl("get", "secret", name, "-n", namespace, "-o", "json").stdout))
+
+
+def encrypted(cluster: controlplane.Cluster, namespace: str, name: str = "probe") -> dict[str, Any]:
+    conditions = get(cluster, namespace, "hdl", name)["status"]["conditions"]
+    return next(c for c in conditions if c["type"] == "Encrypted")
+
+
+def events(cluster: controlplane.Cluster, namespace: str, reason: str) -> list[dict[str, Any]]:
+    listed = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return [e for e in listed if e["reason"] == reason]
+
+
+def plaintext_call(endpoint: str, method: str = "sys.health") -> subprocess.CompletedProcess[str]:
+    command = [processes.SCHEDULEZERO, "call", endpoint, method, "--timeout", "3"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def issued_handler(
+    cluster: controlplane.Cluster, core: Any, namespace: str, tmp_path: pathlib.Path, *, proxy: Proxy | None = None
+) -> Iterator[processes.HandlerProcess]:
+    """Applies the Handler ``probe`` with no security fields, waits for its issued Secrets and starts the
+    handler on them (behind ``proxy`` when given)."""
+    port = proxy.target[1] if proxy is not None else controlplane.free_port()
+    endpoint = f"tcp://127.0.0.1:{proxy.port if proxy is not None else port}"
+    apply(cluster, namespace, handler_doc(endpoint))
+    eventually(lambda: secret(cluster, namespace, "probe-curve"))
+    eventually(lambda: secret(cluster, namespace, "schedulezero-curve-clients"))
+    server = SecretMount(core, namespace, "probe-curve", tmp_path / "mounted" / "server")
+    clients = SecretMount(core, namespace, "schedulezero-curve-clients", tmp_path / "mounted" / "clients")
+    try:
+        eventually(lambda: (server.directory / "server.key_secret").exists())
+        eventually(lambda: (clients.directory / "operator.key").exists())
+        args = ("--curve-secret-key", str(server.directory / "server.key_secret"))
+        args += ("--curve-authorized-keys", str(clients.directory))
+        with processes.running_handler(PROBE, tmp_path, *args, port=port) as handler:
+            yield handler
+    finally:
+        server.close()
+        clients.close()
+
+
+def test_a_handler_with_no_security_fields_is_issued_keys_and_called_only_encrypted(
+    cluster: controlplane.Cluster,
+    namespace: str,
+    operator: Operator,
+    core: Any,
+    system_kubeconfigs: dict[str, pathlib.Path],
+    tmp_path: pathlib.Path,
+) -> None:
+    marker = f"params-marker-{uuid.uuid4().hex}"
+    proxy = Proxy(("127.0.0.1", controlplane.free_port()), record=True)
+    try:
+        with issued_handler(cluster, core, namespace, tmp_path, proxy=proxy) as handler:
+            handler_secret = secret(cluster, namespace, "probe-curve")
+            uid = get(cluster, namespace, "hdl", "probe")["metadata"]["uid"]
+            assert handler_secret["metadata"]["labels"]["schedulezero.io/curve"] == "server"
+            assert [o["uid"] for o in handler_secret["metadata"]["ownerReferences"]] == [uid]
+            assert sorted(handler_secret["data"]) == ["server.key", "server.key_secret"]
+            assert sorted(secret(cluster, SYSTEM, "schedulezero-operator-curve")["data"]) == [
+                "client.key", "client.key_secret"
+            ]  # fmt: skip
+
+            apply(
+                cluster,
+                namespace,
+                schedule_doc("secret", method="echo", schedule="@every 1s", params={"value": marker}),
+            )
+            eventually(lambda: succeeded(get(cluster, namespace, "sched", "secret")["status"]) >= 3)
+            condition = eventually(lambda: encrypted(cluster, namespace))
+            assert (condition["status"], condition["reason"]) == ("True", "KeysIssued")
+            # Every byte between the operator and the handler went through the proxy: the params never in clear.
+            assert proxy.recorded is not None
+            assert len(proxy.recorded) > 1000
+            assert marker.encode() not in proxy.recorded
+            assert b"echo" not in proxy.recorded
+
+            # A client without keys is refused.
+            refused = plaintext_call(handler.endpoint)
+            assert refused.returncode != 0, refused.stdout
+
+            # The conductor scrapes it with its own issued identity.
+            scraper = conductor.start_conductor(
+                tmp_path, "--namespace", namespace, "--curve-identity", f"{SYSTEM}/schedulezero-conductor-curve",
+                env={"KUBECONFIG": str(system_kubeconfigs["conductor"])},
+            )  # fmt: skip
+            try:
+                eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/probe") == 1)
+            finally:
+                scraper.stop()
+    finally:
+        proxy.close()
+
+
+def test_a_client_key_removed_from_the_list_is_refused_within_seconds(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, core: Any, tmp_path: pathlib.Path
+) -> None:
+    with issued_handler(cluster, core, namespace, tmp_path) as handler:
+        keys = tmp_path / "alice"
+        subprocess.run([processes.SCHEDULEZERO, "keys", "generate", "alice", "--out", str(keys)], check=True)
+        (keys / "server.key").write_text(
+            base64.b64decode(secret(cluster, namespace, "probe-curve")["data"]["server.key"]).decode()
+        )
+        alice = [processes.SCHEDULEZERO, "call", handler.endpoint, "sys.health", "--timeout", "3"]
+        alice += ["--curve-server-key", str(keys / "server.key"), "--curve-client-key", str(keys / "alice.key_secret")]
+        public = base64.b64encode((keys / "alice.key").read_bytes()).decode()
+        patch = {"data": {"alice.key": public}}
+        cluster.kubectl("patch", "secret", "schedulezero-curve-clients", "-n", namespace, "-p", json.dumps(patch))
+        eventually(lambda: subprocess.run(alice, capture_output=True, timeout=30).returncode == 0)
+
+        cluster.kubectl(
+            "patch", "secret", "schedulezero-curve-clients", "-n", namespace, "-p", '{"data": {"alice.key": null}}'
+        )
+        revoked = time.monotonic()
+        eventually(lambda: subprocess.run(alice, capture_output=True, timeout=30).returncode != 0, timeout=20)
+        assert time.monotonic() - revoked < 15
+        # The operator keeps its own and the conductor's keys in the list, and leaves the rest to the admin.
+        time.sleep(2)
+        assert sorted(secret(cluster, namespace, "schedulezero-curve-clients")["data"]) == [
+            "conductor.key",
+            "operator.key",
+        ]
+
+
+def test_a_plaintext_handler_shows_encrypted_false_and_a_warning(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, tmp_path: pathlib.Path
+) -> None:
+    with processes.running_handler(PROBE, tmp_path) as handler:
+        document = handler_doc(handler.endpoint)
+        document["spec"]["security"] = "plaintext"
+        apply(cluster, namespace, document, schedule_doc("open", schedule="@every 1s"))
+        eventually(lambda: succeeded(get(cluster, namespace, "sched", "open")["status"]) >= 1)
+        condition = eventually(lambda: encrypted(cluster, namespace))
+        assert (condition["status"], condition["reason"]) == ("False", "Plaintext")
+        warning = eventually(lambda: events(cluster, namespace, "PlaintextHandler"))[0]
+        assert warning["type"] == "Warning"
+        assert "clear text" in warning["message"]
+        with pytest.raises(controlplane.ToolError):
+            secret(cluster, namespace, "probe-curve")
+
+
+def test_a_deleted_or_damaged_issued_secret_is_issued_again_with_the_keys_the_handler_serves(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, core: Any, tmp_path: pathlib.Path
+) -> None:
+    with issued_handler(cluster, core, namespace, tmp_path):
+        apply(cluster, namespace, schedule_doc("steady", schedule="@every 1s"))
+        eventually(lambda: succeeded(get(cluster, namespace, "sched", "steady")["status"]) >= 2)
+        pair = secret(cluster, namespace, "probe-curve")["data"]
+
+        cluster.kubectl("delete", "secret", "probe-curve", "-n", namespace)
+        eventually(lambda: events(cluster, namespace, "CurveSecretReissued"))
+        assert eventually(lambda: secret(cluster, namespace, "probe-curve"))["data"] == pair
+
+        time.sleep(5)  # the operator posts one Event per object and reason per --event-interval (5 s here)
+        damaged = {"data": {"server.key_secret": base64.b64encode(b"not a key").decode()}}
+        cluster.kubectl("patch", "secret", "probe-curve", "-n", namespace, "-p", json.dumps(damaged))
+        eventually(lambda: secret(cluster, namespace, "probe-curve")["data"] == pair)
+        message = eventually(
+            lambda: [e for e in events(cluster, namespace, "CurveSecretReissued") if "unusable" in e["message"]]
+        )
+        assert "server.key_secret" in message[0]["message"]
+
+        before = succeeded(get(cluster, namespace, "sched", "steady")["status"])
+        eventually(lambda: succeeded(get(cluster, namespace, "sched", "steady")["status"]) >= before + 2)
+        runs = get(cluster, namespace, "sched", "steady")["status"]["runs"]
+        assert not [r for r in runs if r["outcome"] == "Failed"]
+        assert operator.popen is not None
+        assert operator.popen.poll() is None
+
+
+def test_a_missing_own_secret_or_a_name_taken_is_a_condition_and_an_event(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator
+) -> None:
+    byo = handler_doc("tcp://127.0.0.1:1", name="byo")
+    byo["spec"]["curve"] = {"secretName": "absent"}
+    cluster.kubectl("create", "secret", "generic", "taken-curve", "-n", namespace, "--from-literal=mine=1")
+    apply(cluster, namespace, byo, handler_doc("tcp://127.0.0.1:2", name="taken"))
+
+    missing = eventually(lambda: encrypted(cluster, namespace, "byo"))
+    assert (missing["status"], missing["reason"]) == ("False", "InvalidCurveSecret")
+    assert "absent" in missing["message"]
+    eventually(lambda: events(cluster, namespace, "InvalidCurveSecret"))
+
+    taken = eventually(lambda: encrypted(cluster, namespace, "taken"))
+    assert (taken["status"], taken["reason"]) == ("False", "SecretConflict")
+    eventually(lambda: events(cluster, namespace, "CurveSecretConflict"))
+    assert secret(cluster, namespace, "taken-curve")["data"] == {"mine": base64.b64encode(b"1").decode()}
+    assert operator.popen is not None
+    assert operator.popen.poll() is None
