@@ -192,6 +192,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         # A graceful handover: stop firing and let runs finish, checkpoint, then release the Leases
         # (renewed until then), so that others take over at their next round rather than at expiry.
         await runtime.prober.stop()
+        runtime.issuer.stop()
         await runtime.engine.stop()
         await runtime.checkpointer.stop()
         if runtime.joined is not None and not runtime.joined.done():  # stopped before it joined: nothing to give up
@@ -401,13 +402,10 @@ async def _start(config: ControllerSettings) -> Runtime:
     await runtime.engine.start()
     runtime.prober.start()
     checkpointer.start()
-    await runtime.issuer.start()
-    runtime.spawn(
-        runtime.issuer.recheck(
-            lambda: _known_handlers(runtime),
-            lambda namespace, name, now: _keys_changed(runtime, namespace, name, now),
-            interval=config.key_check_interval,
-        )
+    await runtime.issuer.start(
+        handlers=lambda: _known_handlers(runtime),
+        on_change=lambda namespace, name, now: _keys_changed(runtime, namespace, name, now),
+        interval=config.key_check_interval,
     )
     runtime.joined = asyncio.get_running_loop().create_task(_join(runtime, config))
     log.info(

@@ -174,13 +174,23 @@ class KeyIssuer:
         """The last server pair read or written per Handler: what its pods serve, so a lost Secret gets it again."""
         self.state: dict[str, Security] = {}
         """How each Handler is called, by namespace/name."""
+        self._rechecks: asyncio.Task[None] | None = None
 
     @property
     def operator_public(self) -> bytes | None:
         return self._identity[0] if self._identity else None
 
-    async def start(self) -> None:
-        """Reads or issues the operator's and the conductor's identities; a failure is retried on next use."""
+    async def start(
+        self,
+        *,
+        handlers: Callable[[], Iterable[tuple[str, str, str, dict[str, Any]]]],
+        on_change: Callable[[str, str, Security], Awaitable[None]],
+        interval: float,
+    ) -> None:
+        """Reads or issues the operator's and the conductor's identities (a failure is retried on next use), and
+        from then on re-reads every ``interval`` seconds the Secrets of the ``handlers`` (namespace, name, uid,
+        spec), telling ``on_change`` when a Handler is to be called otherwise."""
+        self._rechecks = asyncio.get_running_loop().create_task(self._recheck(handlers, on_change, interval))
         if self.mode == "curve":
             try:
                 await self._identities()
@@ -345,14 +355,17 @@ class KeyIssuer:
             self._report(namespace, name, True, "CurveSecretReissued", f"{what} {why}: issued it again with {same}")
         return public, secret
 
-    async def recheck(
+    def stop(self) -> None:
+        if self._rechecks is not None:
+            self._rechecks.cancel()
+
+    async def _recheck(
         self,
         handlers: Callable[[], Iterable[tuple[str, str, str, dict[str, Any]]]],
         on_change: Callable[[str, str, Security], Awaitable[None]],
-        *,
         interval: float,
     ) -> None:
-        """Every ``interval`` seconds, each Handler's Secrets again: a deleted or damaged one is issued again."""
+        """Each Handler's Secrets again, every ``interval`` seconds: a deleted or damaged one is issued again."""
         while True:
             await asyncio.sleep(interval)
             for namespace, name, uid, spec in list(handlers()):
