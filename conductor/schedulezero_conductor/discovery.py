@@ -28,6 +28,9 @@ from schedulezero_handler import endpoints, security, text
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "schedulezero.io", "v1alpha1", "handlers"
+ISSUED_TTL = 30.0
+"""Seconds an issued key Secret is believed: after a rotation's promote step, the handler's port serves the
+new pair, and scrapes with the old one fail until it is read again."""
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -233,7 +236,7 @@ class KubernetesDiscovery:
         assert self._identity is not None
         secret_name = f"{handler_name}-curve"
         cached = self._secrets.get((namespace, secret_name))
-        if cached is not None and time.monotonic() - cached[0] < self._secret_ttl:
+        if cached is not None and time.monotonic() - cached[0] < min(self._secret_ttl, ISSUED_TTL):
             return cached[1]
         try:
             if self._identity_pair is None:

@@ -78,13 +78,7 @@ class CurveServer:
     authorized_keys: pathlib.Path
     """Directory of ``*.key`` files: the client public keys that may call."""
     reload_interval: float = 2.0
-    """Seconds between checks of ``authorized_keys`` for changes."""
-
-    def apply(self, socket: zmq.Socket[Any]) -> None:
-        public, secret = load_pair(self.secret_key_file)
-        socket.curve_secretkey = secret
-        socket.curve_publickey = public
-        socket.curve_server = True
+    """Seconds between checks of ``authorized_keys`` and the key pair files for changes (listeners.py)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,7 @@ from typing import Any
 import kopf
 
 from schedulezero_handler import client as client_
-from schedulezero_handler import endpoints, security, text
+from schedulezero_handler import endpoints, listeners, security, text
 from schedulezero_operator import budget as budget_
 from schedulezero_operator import (
     checkpoints,
@@ -39,6 +39,7 @@ from schedulezero_operator import (
     leases,
     probe,
     replicas,
+    rotation,
     status,
 )
 from schedulezero_operator import engine as engine_
@@ -259,7 +260,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             methods = known.get("methods") if known.get("endpoint") == resolve_endpoint(namespace, spec) else None
             runtime.methods[qualified] = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
             runtime.specs[qualified] = spec
-        runtime.curves[qualified] = await _curve(runtime, namespace, name, spec)
+        request = (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_ANNOTATION)
+        runtime.curves[qualified] = await _curve(runtime, namespace, name, spec, request=request)
         await _publish(runtime, namespace, name)
 
     @kopf.on.event(
@@ -301,8 +303,7 @@ async def _publish(runtime: Runtime, namespace: str, name: str) -> None:
     spec = runtime.specs.get(qualified)
     if spec is None:
         return
-    address = resolve_endpoint(namespace, spec)
-    pods = _pods(runtime, namespace, spec)
+    address, pods = _where(runtime, namespace, name, spec)
     serving = [pod.address for pod in pods if pod.serving] if pods is not None else [address]
     curve = runtime.curves.get(qualified)
     for endpoint in serving:
@@ -393,6 +394,9 @@ async def _start(config: ControllerSettings) -> Runtime:
             mode=config.default_security,
             report=lambda *event: _report_keys(runtime, *event),
             byo=lambda namespace, secret: _byo_keys(runtime, namespace, secret),
+            endpoints=lambda namespace, name: _base_endpoints(runtime, namespace, name),
+            owns=lambda namespace, name: runtime.owns(namespace, name),
+            overlap=max(3 * config.key_check_interval, 3.0),
         ),
     )
     client.on_connection = lambda endpoint, up: prober.poke(endpoint)  # a lost pod shows in status at once
@@ -403,7 +407,6 @@ async def _start(config: ControllerSettings) -> Runtime:
     runtime.prober.start()
     checkpointer.start()
     await runtime.issuer.start(
-        handlers=lambda: _known_handlers(runtime),
         on_change=lambda namespace, name, now: _keys_changed(runtime, namespace, name, now),
         interval=config.key_check_interval,
     )
@@ -480,10 +483,12 @@ def _checkpointed(runtime: Runtime, shard: int, size: int) -> None:
     runtime.ha_metrics.checkpoint_size.labels(str(shard)).set(size)
 
 
-async def _curve(runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]) -> security.CurveClient | None:
+async def _curve(
+    runtime: Runtime, namespace: str, name: str, spec: dict[str, Any], *, request: str | None
+) -> security.CurveClient | None:
     """The Handler's CURVE keys (its own Secret's, or issued), or None to call it in clear text (keys.py)."""
     uid = runtime.uids.get(("Handler", namespace, name), "")
-    return (await runtime.issuer.resolve(namespace, name, uid, spec)).curve
+    return (await runtime.issuer.resolve(namespace, name, uid, spec, request=request)).curve
 
 
 def _report_keys(runtime: Runtime, namespace: str, name: str, warning: bool, reason: str, message: str) -> None:
@@ -497,12 +502,28 @@ async def _keys_changed(runtime: Runtime, namespace: str, name: str, now: keys.S
     await _publish(runtime, namespace, name)
 
 
-def _known_handlers(runtime: Runtime) -> list[tuple[str, str, str, dict[str, Any]]]:
-    known = []
-    for qualified, spec in runtime.specs.items():
-        namespace, _, name = qualified.partition("/")
-        known.append((namespace, name, runtime.uids.get(("Handler", namespace, name), ""), spec))
-    return known
+def _base_endpoints(runtime: Runtime, namespace: str, name: str) -> list[str]:
+    """The Handler's ready pods (or its one address) at their own port, as a key rotation checks them."""
+    spec = runtime.specs.get(f"{namespace}/{name}")
+    if spec is None:
+        return []
+    pods = _pods(runtime, namespace, spec)
+    return [pod.address for pod in pods if pod.ready] if pods is not None else [resolve_endpoint(namespace, spec)]
+
+
+def _where(
+    runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]
+) -> tuple[str, list[endpoints.Endpoint] | None]:
+    """The Handler's address and pods as called now: at port + 1 while a key rotation has its callers there."""
+    address, pods = resolve_endpoint(namespace, spec), _pods(runtime, namespace, spec)
+    keys_now = runtime.issuer.state.get(f"{namespace}/{name}")
+    if keys_now is None or not keys_now.rotation_port:
+        return address, pods
+    try:
+        moved = [dataclasses.replace(pod, address=listeners.rotation_endpoint(pod.address)) for pod in pods or ()]
+        return listeners.rotation_endpoint(address), moved if pods is not None else None
+    except ValueError:  # not tcp://host:port: the rotation never gets past its first step for it
+        return address, pods
 
 
 async def _byo_keys(runtime: Runtime, namespace: str, secret_name: str) -> security.CurveClient:
@@ -523,8 +544,7 @@ def _probed(runtime: Runtime, qualified: str, results: list[probe.ProbeResult]) 
     spec = runtime.specs.get(qualified)
     if spec is None:  # deleted while probing
         return
-    address = resolve_endpoint(namespace, spec)
-    pods = _pods(runtime, namespace, spec)
+    address, pods = _where(runtime, namespace, name, spec)
     listed = pods if pods is not None else [endpoints.Endpoint(address, address)]
     previous = runtime.handlers.get(qualified, {})
     summary = replicas.summarize(address, listed, results, previous, now=datetime.datetime.now(datetime.UTC))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -35,8 +36,10 @@ from typing import Any, Literal
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from schedulezero_handler import security
+from schedulezero_handler import client as client_
+from schedulezero_handler import errors, listeners, security
 from schedulezero_operator import budget as budget_
+from schedulezero_operator import rotation
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ class Security:
     encrypted: bool
     reason: str
     message: str
+    rotation_port: bool = False
+    """Call the pods at their port + 1, where they serve the next pair during a rotation (rotation.py)."""
 
 
 Report = Callable[[str, str, bool, str, str], None]
@@ -75,6 +80,7 @@ class _Read:
     data: dict[str, str]
     labels: dict[str, str]
     version: str
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class SecretStore:
@@ -99,7 +105,8 @@ class SecretStore:
             except (binascii.Error, UnicodeDecodeError):
                 decoded[key] = ""  # unreadable: parsing it fails, naming the key
         metadata = secret.metadata
-        return _Read(decoded, dict(metadata.labels or {}), str(metadata.resource_version or ""))
+        labels, annotations = dict(metadata.labels or {}), dict(metadata.annotations or {})
+        return _Read(decoded, labels, str(metadata.resource_version or ""), annotations)
 
     async def write(
         self,
@@ -110,6 +117,7 @@ class SecretStore:
         kind: str,
         version: str | None = None,
         owner: dict[str, Any] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         """Creates the Secret, or (with ``version``) replaces the one at that resourceVersion; 409 raises."""
         metadata: dict[str, Any] = {
@@ -119,6 +127,8 @@ class SecretStore:
         }
         if owner is not None:
             metadata["ownerReferences"] = [owner]
+        if annotations:
+            metadata["annotations"] = annotations
         if version is not None:
             metadata["resourceVersion"] = version
         body = {
@@ -151,6 +161,24 @@ def _pair(read: _Read | None, key: str, what: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
+def _keys(read: _Read | None, what: str) -> rotation.Keys:
+    """The keys a Handler's Secret holds; ValueError naming what is wrong (a damaged next pair is dropped)."""
+    server = _pair(read, "server.key_secret", what)
+    assert read is not None
+    following = None
+    if "next.key_secret" in read.data:
+        try:
+            following = _pair(read, "next.key_secret", what)
+        except ValueError as error:
+            log.warning("%s: dropping the next pair (%s)", what, error)
+    since = None
+    with contextlib.suppress(ValueError):
+        since = datetime.datetime.fromisoformat(read.annotations.get(rotation.SINCE_ANNOTATION, ""))
+    return rotation.Keys(
+        server=server, next=following, since=since, handled=read.annotations.get(rotation.REQUEST_ANNOTATION)
+    )
+
+
 class KeyIssuer:
     """Issues and reads the keys of Handlers that do not opt out, and says how each is called."""
 
@@ -162,16 +190,28 @@ class KeyIssuer:
         mode: Mode,
         report: Report,
         byo: Callable[[str, str], Awaitable[security.CurveClient]],
+        endpoints: Callable[[str, str], list[str]],
+        owns: Callable[[str, str], bool],
+        overlap: float,
     ) -> None:
         self._store = store
         self._namespace = namespace
         self.mode: Mode = mode
         self._report = report
         self._byo = byo
+        self._endpoints = endpoints
+        self._owns = owns
+        self._overlap = datetime.timedelta(seconds=overlap)
+        self._handlers: dict[str, tuple[str, dict[str, Any], str | None]] = {}
+        """(uid, spec, rotation request) of each Handler, as its last event had them, for the re-reads."""
         self._identity: tuple[bytes, bytes] | None = None
         self._conductor: bytes | None = None
-        self._pairs: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        """The last server pair read or written per Handler: what its pods serve, so a lost Secret gets it again."""
+        self._pairs: dict[tuple[str, str], rotation.Keys] = {}
+        """The last keys read or written per Handler: what its pods serve, so a lost Secret gets them again."""
+        self._versions: dict[tuple[str, str], str] = {}
+        """The resourceVersion each Handler's Secret was last read at: a rotation step replaces only that."""
+        self._served: dict[tuple[str, str], tuple[tuple[rotation.Phase, rotation.Pair | None], datetime.datetime]] = {}
+        """Since when the pods have served what their rotation's phase asks, checked at each read."""
         self.state: dict[str, Security] = {}
         """How each Handler is called, by namespace/name."""
         self._rechecks: asyncio.Task[None] | None = None
@@ -180,17 +220,11 @@ class KeyIssuer:
     def operator_public(self) -> bytes | None:
         return self._identity[0] if self._identity else None
 
-    async def start(
-        self,
-        *,
-        handlers: Callable[[], Iterable[tuple[str, str, str, dict[str, Any]]]],
-        on_change: Callable[[str, str, Security], Awaitable[None]],
-        interval: float,
-    ) -> None:
+    async def start(self, *, on_change: Callable[[str, str, Security], Awaitable[None]], interval: float) -> None:
         """Reads or issues the operator's and the conductor's identities (a failure is retried on next use), and
-        from then on re-reads every ``interval`` seconds the Secrets of the ``handlers`` (namespace, name, uid,
-        spec), telling ``on_change`` when a Handler is to be called otherwise."""
-        self._rechecks = asyncio.get_running_loop().create_task(self._recheck(handlers, on_change, interval))
+        from then on re-reads every ``interval`` seconds the Secrets of every Handler resolved, telling
+        ``on_change`` when one is to be called otherwise."""
+        self._rechecks = asyncio.get_running_loop().create_task(self._recheck(on_change, interval))
         if self.mode == "curve":
             try:
                 await self._identities()
@@ -233,11 +267,18 @@ class KeyIssuer:
 
     def forget(self, namespace: str, name: str) -> None:
         self.state.pop(f"{namespace}/{name}", None)
+        self._handlers.pop(f"{namespace}/{name}", None)
+        self._versions.pop((namespace, name), None)
+        self._served.pop((namespace, name), None)
         self._pairs.pop((namespace, name), None)
 
-    async def resolve(self, namespace: str, name: str, uid: str, spec: dict[str, Any]) -> Security:
-        """How the Handler is called now, issuing or repairing its keys as needed; reports changes as Events."""
+    async def resolve(
+        self, namespace: str, name: str, uid: str, spec: dict[str, Any], *, request: str | None = None
+    ) -> Security:
+        """How the Handler is called now, issuing, repairing or rotating its keys as needed (``request``: its
+        rotate-keys annotation); reports changes as Events."""
         qualified = f"{namespace}/{name}"
+        self._handlers[qualified] = (uid, spec, request)
         before = self.state.get(qualified)
         try:
             now = await self._resolve(namespace, name, uid, spec)
@@ -316,61 +357,141 @@ class KeyIssuer:
             )
             return Security(curve=None, encrypted=False, reason="SecretConflict", message=message)
         try:
-            pair = _pair(read, "server.key_secret", what)
+            keys = _keys(read, what)
         except ValueError as error:
-            pair = await self._reissue(namespace, name, uid, read, what, error)
-        self._pairs[(namespace, name)] = pair
+            keys = await self._reissue(namespace, name, uid, read, what, error)
+            read = None
+        self._pairs[(namespace, name)] = keys
+        if read is not None:
+            self._versions[(namespace, name)] = read.version
+        phase = keys.phase
+        next_served = phase is rotation.Phase.OVERLAP and await self._serves(namespace, name, keys.next, True)
+        main_served = phase is rotation.Phase.PROMOTED and await self._serves(namespace, name, keys.server, False)
+        pair, rotation_port = rotation.call_with(keys, next_served=next_served, main_served=main_served)
+        served = next_served or main_served
+        started = self._served.get((namespace, name))
+        if not served or started is None or started[0] != (phase, keys.next):
+            started = (phase, keys.next), datetime.datetime.now(datetime.UTC)
+            self._served[(namespace, name)] = started
+        served_for = datetime.datetime.now(datetime.UTC) - started[1] if served else None
+        if read is not None and self._owns(namespace, name):
+            await self._rotate(namespace, name, uid, keys, version=read.version, served_for=served_for)
         curve = security.CurveClient(
             server_public_key=pair[0], public_key=self._identity[0], secret_key=self._identity[1]
         )
-        return Security(curve=curve, encrypted=True, reason="KeysIssued", message=f"keys issued in {what}")
+        message = f"keys issued in {what}" + (f" ({phase.value} in a key rotation)" if keys.next else "")
+        return Security(curve=curve, encrypted=True, reason="KeysIssued", message=message, rotation_port=rotation_port)
+
+    async def _serves(self, namespace: str, name: str, pair: rotation.Pair | None, rotation_port: bool) -> bool:
+        """Whether every pod of the Handler answers with ``pair`` (at port + 1 with ``rotation_port``)."""
+        assert self._identity is not None
+        endpoints = self._endpoints(namespace, name)
+        if pair is None or not endpoints:
+            return False
+        curve = security.CurveClient(
+            server_public_key=pair[0], public_key=self._identity[0], secret_key=self._identity[1]
+        )
+        async with client_.Client(client_.ClientSettings(curve=curve)) as checker:
+            for endpoint in endpoints:
+                try:
+                    at = listeners.rotation_endpoint(endpoint) if rotation_port else endpoint
+                    await checker.call(at, "sys.health", timeout=3.0)
+                except (errors.CallError, ValueError):
+                    return False
+        return True
+
+    async def _rotate(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        keys: rotation.Keys,
+        *,
+        version: str,
+        served_for: datetime.timedelta | None,
+    ) -> None:
+        """Takes the rotation's next step, if one is due, by writing the Handler's Secret."""
+        _, spec, request = self._handlers.get(f"{namespace}/{name}", ("", {}, None))
+        interval = None
+        if spec.get("rotationInterval"):
+            try:
+                interval = rotation.parse_interval(str(spec["rotationInterval"]))
+            except ValueError as error:
+                self._report(namespace, name, True, "InvalidRotationInterval", str(error))
+        now = datetime.datetime.now(datetime.UTC)
+        step = rotation.step(
+            keys, now=now, request=request, interval=interval, overlap=self._overlap,
+            served_for=served_for,
+        )  # fmt: skip
+        if step is rotation.Step.NONE:
+            return
+        if step is rotation.Step.BEGIN:
+            after = dataclasses.replace(keys, next=security.new_pair(), since=now, handled=request or keys.handled)
+            reason, message = "CurveKeysRotating", "rotating the CURVE key pair: pods serve the next one on port + 1"
+        elif step is rotation.Step.PROMOTE:
+            after = dataclasses.replace(keys, server=keys.next or keys.server, since=now)
+            reason, message = "CurveKeysRotating", "every pod serves the next CURVE key pair: it is now the current one"
+        else:
+            after = dataclasses.replace(keys, next=None, since=now)
+            reason, message = "CurveKeysRotated", "CURVE key rotation done: the previous key pair is no longer served"
+        try:
+            await self._write_keys(namespace, name, uid, after, version=version)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return  # changed meanwhile: judged again at the next read
+        self._pairs[(namespace, name)] = after
+        self._report(namespace, name, False, reason, message)
+
+    async def _write_keys(
+        self, namespace: str, name: str, uid: str, keys: rotation.Keys, *, version: str | None
+    ) -> None:
+        data = {
+            "server.key": security.certificate_text(keys.server[0]),
+            "server.key_secret": security.certificate_text(*keys.server),
+        }
+        if keys.next is not None:
+            data["next.key"] = security.certificate_text(keys.next[0])
+            data["next.key_secret"] = security.certificate_text(*keys.next)
+        annotations = {rotation.SINCE_ANNOTATION: (keys.since or datetime.datetime.now(datetime.UTC)).isoformat()}
+        if keys.handled:
+            annotations[rotation.REQUEST_ANNOTATION] = keys.handled
+        owner = {"apiVersion": HANDLER_API_VERSION, "kind": "Handler", "name": name, "uid": uid}
+        await self._store.write(
+            namespace, server_secret_name(name), data, kind="server", version=version, owner=owner,
+            annotations=annotations,
+        )  # fmt: skip
 
     async def _reissue(
         self, namespace: str, name: str, uid: str, read: _Read | None, what: str, error: ValueError
-    ) -> tuple[bytes, bytes]:
+    ) -> rotation.Keys:
         known = self._pairs.get((namespace, name))
-        public, secret = known if known is not None else security.new_pair()
-        data = {
-            "server.key": security.certificate_text(public),
-            "server.key_secret": security.certificate_text(public, secret),
-        }
-        owner = {"apiVersion": HANDLER_API_VERSION, "kind": "Handler", "name": name, "uid": uid}
-        await self._store.write(
-            namespace,
-            server_secret_name(name),
-            data,
-            kind="server",
-            version=read.version if read else None,
-            owner=owner,
-        )
+        now = datetime.datetime.now(datetime.UTC)
+        keys = known if known is not None else rotation.Keys(server=security.new_pair(), since=now)
+        await self._write_keys(namespace, name, uid, keys, version=read.version if read else None)
         if read is None and known is None:
             self._report(namespace, name, False, "CurveKeysIssued", f"issued a CURVE key pair in {what}")
         else:
             same = (
-                "the key pair its pods serve"
-                if known is not None
-                else "a new key pair (its pods must restart to serve it)"
+                "the keys its pods serve" if known is not None else "a new key pair (its pods must restart to serve it)"
             )
             why = "was deleted" if read is None else f"was unusable ({error})"
             self._report(namespace, name, True, "CurveSecretReissued", f"{what} {why}: issued it again with {same}")
-        return public, secret
+        return keys
 
     def stop(self) -> None:
         if self._rechecks is not None:
             self._rechecks.cancel()
 
-    async def _recheck(
-        self,
-        handlers: Callable[[], Iterable[tuple[str, str, str, dict[str, Any]]]],
-        on_change: Callable[[str, str, Security], Awaitable[None]],
-        interval: float,
-    ) -> None:
-        """Each Handler's Secrets again, every ``interval`` seconds: a deleted or damaged one is issued again."""
+    async def _recheck(self, on_change: Callable[[str, str, Security], Awaitable[None]], interval: float) -> None:
+        """Each Handler's Secrets again, every ``interval`` seconds: a deleted or damaged one is issued again, and
+        a rotation moves on."""
         while True:
             await asyncio.sleep(interval)
-            for namespace, name, uid, spec in list(handlers()):
-                before = self.state.get(f"{namespace}/{name}")
-                now = await self.resolve(namespace, name, uid, spec)
+            for qualified, (uid, spec, request) in list(self._handlers.items()):
+                namespace, _, name = qualified.partition("/")
+                before = self.state.get(qualified)
+                now = await self.resolve(namespace, name, uid, spec, request=request)
                 if now != before:
                     await on_change(namespace, name, now)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import itertools
 import json
 import pathlib
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -21,8 +24,9 @@ from typing import Any
 import kubernetes
 import pytest
 
+from tests.e2e.test_kubectl_plugin import plugin
 from tests.e2e.test_operator import apply, eventually, get, handler_doc, schedule_doc, succeeded
-from tests.support import conductor, controlplane, processes
+from tests.support import conductor, controlplane, deliveries, processes
 from tests.support.mounts import SecretMount
 from tests.support.operator import Operator
 from tests.support.proxy import Proxy
@@ -63,18 +67,40 @@ def events(cluster: controlplane.Cluster, namespace: str, reason: str) -> list[d
     return [e for e in listed if e["reason"] == reason]
 
 
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def plaintext_call(endpoint: str, method: str = "sys.health") -> subprocess.CompletedProcess[str]:
     command = [processes.SCHEDULEZERO, "call", endpoint, method, "--timeout", "3"]
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
+def two_free_ports() -> int:
+    """A free port whose next one is free too: a handler serves its next key pair there during a rotation."""
+    for _ in range(50):
+        port = controlplane.free_port()
+        with contextlib.suppress(OSError), socket.create_server(("127.0.0.1", port + 1)):
+            return port
+    raise RuntimeError("no two free ports in a row")
+
+
 @contextlib.contextmanager
 def issued_handler(
-    cluster: controlplane.Cluster, core: Any, namespace: str, tmp_path: pathlib.Path, *, proxy: Proxy | None = None
+    cluster: controlplane.Cluster,
+    core: Any,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    *args: str,
+    proxy: Proxy | None = None,
 ) -> Iterator[processes.HandlerProcess]:
     """Applies the Handler ``probe`` with no security fields, waits for its issued Secrets and starts the
-    handler on them (behind ``proxy`` when given)."""
-    port = proxy.target[1] if proxy is not None else controlplane.free_port()
+    handler on them (behind ``proxy`` when given), with ``args`` besides."""
+    port = proxy.target[1] if proxy is not None else two_free_ports()
     endpoint = f"tcp://127.0.0.1:{proxy.port if proxy is not None else port}"
     apply(cluster, namespace, handler_doc(endpoint))
     eventually(lambda: secret(cluster, namespace, "probe-curve"))
@@ -84,9 +110,9 @@ def issued_handler(
     try:
         eventually(lambda: (server.directory / "server.key_secret").exists())
         eventually(lambda: (clients.directory / "operator.key").exists())
-        args = ("--curve-secret-key", str(server.directory / "server.key_secret"))
-        args += ("--curve-authorized-keys", str(clients.directory))
-        with processes.running_handler(PROBE, tmp_path, *args, port=port) as handler:
+        curve = ("--curve-secret-key", str(server.directory / "server.key_secret"))
+        curve += ("--curve-authorized-keys", str(clients.directory))
+        with processes.running_handler(PROBE, tmp_path, *curve, *args, port=port) as handler:
             yield handler
     finally:
         server.close()
@@ -178,11 +204,20 @@ def test_a_client_key_removed_from_the_list_is_refused_within_seconds(
 def test_a_plaintext_handler_shows_encrypted_false_and_a_warning(
     cluster: controlplane.Cluster, namespace: str, operator: Operator, tmp_path: pathlib.Path
 ) -> None:
+    marker = f"params-marker-{uuid.uuid4().hex}"
     with processes.running_handler(PROBE, tmp_path) as handler:
-        document = handler_doc(handler.endpoint)
-        document["spec"]["security"] = "plaintext"
-        apply(cluster, namespace, document, schedule_doc("open", schedule="@every 1s"))
-        eventually(lambda: succeeded(get(cluster, namespace, "sched", "open")["status"]) >= 1)
+        proxy = Proxy(("127.0.0.1", int(handler.endpoint.rsplit(":", 1)[1])), record=True)
+        try:
+            document = handler_doc(f"tcp://127.0.0.1:{proxy.port}")
+            document["spec"]["security"] = "plaintext"
+            opened = schedule_doc("open", method="echo", schedule="@every 1s", params={"value": marker})
+            apply(cluster, namespace, document, opened)
+            eventually(lambda: succeeded(get(cluster, namespace, "sched", "open")["status"]) >= 1)
+            # What the capture of the encrypted test would show without CURVE: the params, in clear.
+            assert proxy.recorded is not None
+            assert marker.encode() in proxy.recorded
+        finally:
+            proxy.close()
         condition = eventually(lambda: encrypted(cluster, namespace))
         assert (condition["status"], condition["reason"]) == ("False", "Plaintext")
         warning = eventually(lambda: events(cluster, namespace, "PlaintextHandler"))[0]
@@ -240,3 +275,62 @@ def test_a_missing_own_secret_or_a_name_taken_is_a_condition_and_an_event(
     assert secret(cluster, namespace, "taken-curve")["data"] == {"mine": base64.b64encode(b"1").decode()}
     assert operator.popen is not None
     assert operator.popen.poll() is None
+
+
+def test_rotating_the_keys_under_every_second_schedules_loses_no_run_and_fails_no_call(
+    cluster: controlplane.Cluster, namespace: str, operator: Operator, core: Any, tmp_path: pathlib.Path
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    with issued_handler(cluster, core, namespace, tmp_path, "--journal", str(journal)) as handler:
+        # Each call lasts half its period, so one is nearly always in flight when a listener changes.
+        beats = (schedule_doc(f"beat-{n}", schedule="@every 1s", params={"seconds": 0.5}) for n in range(3))
+        apply(cluster, namespace, *beats)
+        eventually(
+            lambda: all(succeeded(get(cluster, namespace, "sched", f"beat-{n}")["status"]) >= 2 for n in range(3))
+        )
+        before = secret(cluster, namespace, "probe-curve")["data"]["server.key"]
+
+        said = plugin(cluster, "rotate-keys", "probe", "-n", namespace).stdout
+        assert "key rotation requested" in said
+        begun = eventually(lambda: "next.key" in secret(cluster, namespace, "probe-curve")["data"])
+        assert begun
+        # While both pairs are served, the next one answers on the port after the handler's.
+        eventually(lambda: "serving the next key pair" in handler.output())
+        eventually(lambda: events(cluster, namespace, "CurveKeysRotated"), timeout=120)
+        after = secret(cluster, namespace, "probe-curve")["data"]
+        assert after["server.key"] != before
+        assert "next.key" not in after
+        eventually(lambda: "next.key_secret" not in {p.name for p in (tmp_path / "mounted" / "server").iterdir()})
+        port = int(handler.endpoint.rsplit(":", 1)[1])
+        eventually(lambda: refused(port + 1))  # the handler stopped serving the next pair beside its port
+        settled = {n: succeeded(get(cluster, namespace, "sched", f"beat-{n}")["status"]) for n in range(3)}
+        eventually(
+            lambda: all(
+                succeeded(get(cluster, namespace, "sched", f"beat-{n}")["status"]) >= settled[n] + 3 for n in range(3)
+            )
+        )
+        # The old pair is served no more: a caller that still holds it is refused.
+        old = tmp_path / "old"
+        old.mkdir()
+        (old / "server.key").write_text(base64.b64decode(before).decode())
+        subprocess.run([processes.SCHEDULEZERO, "keys", "generate", "caller", "--out", str(old)], check=True)
+        stale = [processes.SCHEDULEZERO, "call", handler.endpoint, "sys.health", "--timeout", "3"]
+        stale += ["--curve-server-key", str(old / "server.key"), "--curve-client-key", str(old / "caller.key_secret")]
+        assert subprocess.run(stale, capture_output=True, timeout=30).returncode != 0
+
+    for n in range(3):
+        status = get(cluster, namespace, "sched", f"beat-{n}")["status"]
+        assert status["counters"]["failed"] == 0, status["runs"][:5]
+        assert status["counters"]["missed"] == 0
+        assert status["counters"]["skipped"] == 0
+    runs = deliveries.by_run(deliveries.read(journal))
+    for n in range(3):
+        times = sorted(
+            datetime.datetime.fromisoformat(when) for (schedule, when) in runs if schedule.endswith(f"beat-{n}")
+        )
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert times
+        assert all(gap == datetime.timedelta(seconds=1) for gap in gaps), gaps
+    assert all(len(each) == 1 for each in runs.values())
+    assert [each[0] for each in runs.values() if each[0].attempt != 1] == []  # no attempt failed and was retried
+    assert all(each[0].answer == "run" for each in runs.values())
