@@ -487,6 +487,9 @@ async def _curve(
     runtime: Runtime, namespace: str, name: str, spec: dict[str, Any], *, request: str | None
 ) -> security.CurveClient | None:
     """The Handler's CURVE keys (its own Secret's, or issued), or None to call it in clear text (keys.py)."""
+    known = runtime.issuer.unchanged(namespace, name, spec, request)
+    if known is not None:
+        return known.curve
     uid = runtime.uids.get(("Handler", namespace, name), "")
     return (await runtime.issuer.resolve(namespace, name, uid, spec, request=request)).curve
 

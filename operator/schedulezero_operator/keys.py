@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
@@ -215,6 +216,9 @@ class KeyIssuer:
         self.state: dict[str, Security] = {}
         """How each Handler is called, by namespace/name."""
         self._rechecks: asyncio.Task[None] | None = None
+        self._interval = 0.0
+        self._authorized: dict[str, float] = {}
+        """When each namespace's authorized-clients Secret was last seen right (monotonic): read once an interval."""
 
     @property
     def operator_public(self) -> bytes | None:
@@ -224,6 +228,7 @@ class KeyIssuer:
         """Reads or issues the operator's and the conductor's identities (a failure is retried on next use), and
         from then on re-reads every ``interval`` seconds the Secrets of every Handler resolved, telling
         ``on_change`` when one is to be called otherwise."""
+        self._interval = interval
         self._rechecks = asyncio.get_running_loop().create_task(self._recheck(on_change, interval))
         if self.mode == "curve":
             try:
@@ -271,6 +276,15 @@ class KeyIssuer:
         self._versions.pop((namespace, name), None)
         self._served.pop((namespace, name), None)
         self._pairs.pop((namespace, name), None)
+
+    def unchanged(self, namespace: str, name: str, spec: dict[str, Any], request: str | None) -> Security | None:
+        """How the Handler is called, if its spec and rotation request are as last resolved: a Handler event that
+        changed neither (its status written, a label) reads no Secret; the re-reads keep the keys current."""
+        qualified = f"{namespace}/{name}"
+        known = self._handlers.get(qualified)
+        if known is None or known[1] != spec or known[2] != request:
+            return None
+        return self.state.get(qualified)
 
     async def resolve(
         self, namespace: str, name: str, uid: str, spec: dict[str, Any], *, request: str | None = None
@@ -331,10 +345,14 @@ class KeyIssuer:
             "operator.key": security.certificate_text(self._identity[0]),
             "conductor.key": security.certificate_text(self._conductor),
         }
+        checked = self._authorized.get(namespace)
+        if checked is not None and time.monotonic() - checked < self._interval:
+            return  # read for another Handler of the namespace a moment ago
         read = await self._store.read(namespace, CLIENTS_SECRET)
         if read is not None and not ours(read, "clients"):
             raise ValueError(f"Secret {namespace}/{CLIENTS_SECRET} exists without the label {LABEL}=clients")
         if read is not None and all(read.data.get(key) == value for key, value in wanted.items()):
+            self._authorized[namespace] = time.monotonic()
             return
         data = {**(read.data if read is not None else {}), **wanted}
         try:
@@ -344,6 +362,8 @@ class KeyIssuer:
         except ApiException as error:
             if error.status != 409:  # another replica wrote it: read again next time
                 raise
+            return
+        self._authorized[namespace] = time.monotonic()
 
     async def _server(self, namespace: str, name: str, uid: str) -> Security:
         assert self._identity is not None
