@@ -209,8 +209,6 @@ class KeyIssuer:
         self._conductor: bytes | None = None
         self._pairs: dict[tuple[str, str], rotation.Keys] = {}
         """The last keys read or written per Handler: what its pods serve, so a lost Secret gets them again."""
-        self._versions: dict[tuple[str, str], str] = {}
-        """The resourceVersion each Handler's Secret was last read at: a rotation step replaces only that."""
         self._served: dict[tuple[str, str], tuple[tuple[rotation.Phase, rotation.Pair | None], datetime.datetime]] = {}
         """Since when the pods have served what their rotation's phase asks, checked at each read."""
         self.state: dict[str, Security] = {}
@@ -219,10 +217,6 @@ class KeyIssuer:
         self._interval = 0.0
         self._authorized: dict[str, float] = {}
         """When each namespace's authorized-clients Secret was last seen right (monotonic): read once an interval."""
-
-    @property
-    def operator_public(self) -> bytes | None:
-        return self._identity[0] if self._identity else None
 
     async def start(self, *, on_change: Callable[[str, str, Security], Awaitable[None]], interval: float) -> None:
         """Reads or issues the operator's and the conductor's identities (a failure is retried on next use), and
@@ -273,7 +267,6 @@ class KeyIssuer:
     def forget(self, namespace: str, name: str) -> None:
         self.state.pop(f"{namespace}/{name}", None)
         self._handlers.pop(f"{namespace}/{name}", None)
-        self._versions.pop((namespace, name), None)
         self._served.pop((namespace, name), None)
         self._pairs.pop((namespace, name), None)
 
@@ -291,8 +284,11 @@ class KeyIssuer:
     ) -> Security:
         """How the Handler is called now, issuing, repairing or rotating its keys as needed (``request``: its
         rotate-keys annotation); reports changes as Events."""
+        self._handlers[f"{namespace}/{name}"] = (uid, spec, request)
+        return await self._settle(namespace, name, uid, spec)
+
+    async def _settle(self, namespace: str, name: str, uid: str, spec: dict[str, Any]) -> Security:
         qualified = f"{namespace}/{name}"
-        self._handlers[qualified] = (uid, spec, request)
         before = self.state.get(qualified)
         try:
             now = await self._resolve(namespace, name, uid, spec)
@@ -303,6 +299,8 @@ class KeyIssuer:
             now = Security(
                 curve=None, encrypted=False, reason="KeysUnavailable", message=f"CURVE keys unavailable: {_why(error)}"
             )
+        if qualified not in self._handlers:  # deleted meanwhile: nothing to keep or report
+            return now
         self.state[qualified] = now
         changed = before is None or before.reason != now.reason
         if changed and not now.encrypted and now.reason != "PlaintextByDefault":
@@ -382,8 +380,6 @@ class KeyIssuer:
             keys = await self._reissue(namespace, name, uid, read, what, error)
             read = None
         self._pairs[(namespace, name)] = keys
-        if read is not None:
-            self._versions[(namespace, name)] = read.version
         phase = keys.phase
         next_served = phase is rotation.Phase.OVERLAP and await self._serves(namespace, name, keys.next, True)
         main_served = phase is rotation.Phase.PROMOTED and await self._serves(namespace, name, keys.server, False)
@@ -508,11 +504,13 @@ class KeyIssuer:
         a rotation moves on."""
         while True:
             await asyncio.sleep(interval)
-            for qualified, (uid, spec, request) in list(self._handlers.items()):
+            for qualified, (uid, spec, _) in list(self._handlers.items()):
+                if qualified not in self._handlers:  # deleted during this round
+                    continue
                 namespace, _, name = qualified.partition("/")
                 before = self.state.get(qualified)
-                now = await self.resolve(namespace, name, uid, spec, request=request)
-                if now != before:
+                now = await self._settle(namespace, name, uid, spec)
+                if now != before and qualified in self._handlers:
                     await on_change(namespace, name, now)
 
 
