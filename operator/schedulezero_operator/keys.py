@@ -277,7 +277,8 @@ class KeyIssuer:
         known = self._handlers.get(qualified)
         if known is None or known[1] != spec or known[2] != request:
             return None
-        return self.state.get(qualified)
+        state = self.state.get(qualified)
+        return None if state is not None and state.reason == "KeysUnavailable" else state
 
     async def resolve(
         self, namespace: str, name: str, uid: str, spec: dict[str, Any], *, request: str | None = None
@@ -333,6 +334,13 @@ class KeyIssuer:
             return Security(
                 curve=None, encrypted=False, reason="KeysUnavailable", message=f"CURVE keys unavailable: {error}"
             )
+        for _ in range(3):
+            try:
+                return await self._server(namespace, name, uid)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                # Another replica created or changed the Secret between our read and our write: read it again.
         return await self._server(namespace, name, uid)
 
     async def _authorize(self, namespace: str) -> None:
