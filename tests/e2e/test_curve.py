@@ -334,3 +334,32 @@ def test_rotating_the_keys_under_every_second_schedules_loses_no_run_and_fails_n
     assert all(len(each) == 1 for each in runs.values())
     assert [each[0] for each in runs.values() if each[0].attempt != 1] == []  # no attempt failed and was retried
     assert all(each[0].answer == "run" for each in runs.values())
+
+
+def test_two_replicas_issuing_at_once_agree_on_each_handler_s_keys(
+    cluster: controlplane.Cluster, namespace: str, system_kubeconfigs: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """Both replicas see each new Handler at once and race to issue its Secret: the loser reads the winner's.
+    The keys are re-read only every minute here, so a replica that gave up on a conflict would show."""
+    prefix = f"race-{namespace}"
+    replicas = [
+        Operator(
+            system_kubeconfigs["operator"], tmp_path / f"replica-{n}.log", "--namespace", namespace,
+            lease_prefix=prefix,
+            extra=("--default-security", "curve", "--key-check-interval", "60", "--identity", f"replica-{n}"),
+        ).start()
+        for n in range(2)
+    ]  # fmt: skip
+    names = [f"race-{n}" for n in range(6)]
+    try:
+        time.sleep(5)  # both watching
+        apply(cluster, namespace, *(handler_doc(f"tcp://127.0.0.1:{n + 1}", name=name) for n, name in enumerate(names)))
+        for name in names:
+            condition = eventually(lambda name=name: encrypted(cluster, namespace, name), timeout=30)  # type: ignore[misc]
+            assert (condition["status"], condition["reason"]) == ("True", "KeysIssued"), condition
+        issued = events(cluster, namespace, "CurveKeysIssued")
+        assert sorted(e["involvedObject"]["name"] for e in issued) == names  # one issue per Handler
+    finally:
+        for replica in replicas:
+            replica.stop(signal.SIGKILL)
+            print(replica.output()[-3000:])
