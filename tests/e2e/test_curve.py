@@ -261,13 +261,26 @@ def test_a_missing_own_secret_or_a_name_taken_is_a_condition_and_an_event(
 ) -> None:
     byo = handler_doc("tcp://127.0.0.1:1", name="byo")
     byo["spec"]["curve"] = {"secretName": "absent"}
+    broken = handler_doc("tcp://127.0.0.1:3", name="broken")
+    broken["spec"]["curve"] = {"secretName": "garbled"}
     cluster.kubectl("create", "secret", "generic", "taken-curve", "-n", namespace, "--from-literal=mine=1")
-    apply(cluster, namespace, byo, handler_doc("tcp://127.0.0.1:2", name="taken"))
+    cluster.kubectl(
+        "create", "secret", "generic", "garbled", "-n", namespace,
+        "--from-literal=server.key=nonsense", "--from-literal=client.key_secret=nonsense",
+    )  # fmt: skip
+    apply(cluster, namespace, byo, broken, handler_doc("tcp://127.0.0.1:2", name="taken"))
 
     missing = eventually(lambda: encrypted(cluster, namespace, "byo"))
     assert (missing["status"], missing["reason"]) == ("False", "InvalidCurveSecret")
     assert "absent" in missing["message"]
-    eventually(lambda: events(cluster, namespace, "InvalidCurveSecret"))
+    garbled = eventually(lambda: encrypted(cluster, namespace, "broken"))
+    assert (garbled["status"], garbled["reason"]) == ("False", "InvalidCurveSecret")
+    assert "server key holds no public-key" in garbled["message"]
+    eventually(
+        lambda: (
+            {e["involvedObject"]["name"] for e in events(cluster, namespace, "InvalidCurveSecret")} == {"byo", "broken"}
+        )
+    )
 
     taken = eventually(lambda: encrypted(cluster, namespace, "taken"))
     assert (taken["status"], taken["reason"]) == ("False", "SecretConflict")
