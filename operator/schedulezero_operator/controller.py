@@ -34,15 +34,16 @@ from schedulezero_operator import (
     election,
     election_thread,
     joining,
-    keys,
     kubeapi,
     leases,
     probe,
     replicas,
-    rotation,
     status,
 )
 from schedulezero_operator import engine as engine_
+from schedulezero_operator.curve import issuer as keys
+from schedulezero_operator.curve import rotation
+from schedulezero_operator.curve.secrets import SecretStore
 from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
 
@@ -389,7 +390,7 @@ async def _start(config: ControllerSettings) -> Runtime:
         uids=uids,
         listing=joining.Listing(config.joining),
         issuer=keys.KeyIssuer(
-            keys.SecretStore(api.core, budget),
+            SecretStore(api.core, budget),
             namespace=config.lease_namespace,
             mode=config.default_security,
             report=lambda *event: _report_keys(runtime, *event),
@@ -486,7 +487,7 @@ def _checkpointed(runtime: Runtime, shard: int, size: int) -> None:
 async def _curve(
     runtime: Runtime, namespace: str, name: str, spec: dict[str, Any], *, request: str | None
 ) -> security.CurveClient | None:
-    """The Handler's CURVE keys (its own Secret's, or issued), or None to call it in clear text (keys.py)."""
+    """The Handler's CURVE keys (its own Secret's, or issued), or None to call it in clear text (curve/issuer.py)."""
     known = runtime.issuer.unchanged(namespace, name, spec, request)
     if known is not None:
         return known.curve

@@ -22,7 +22,8 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from schedulezero_operator import engine, kubeapi, rotation, triggers
+from schedulezero_operator import engine, kubeapi, triggers
+from schedulezero_operator.curve import rotation
 from schedulezero_operator.errors import InvalidSchedule
 
 GROUP, VERSION = kubeapi.GROUP, kubeapi.VERSION

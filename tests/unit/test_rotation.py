@@ -1,4 +1,4 @@
-"""The steps of a key rotation, and which pair and port callers use at each (rotation.py)."""
+"""The steps of a key rotation, and which pair and port callers use at each (curve/rotation.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from schedulezero_operator import rotation
+from schedulezero_operator.curve import rotation
 
 NOW = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
 OLD, NEW = (b"o" * 40, b"O" * 40), (b"n" * 40, b"N" * 40)

@@ -25,9 +25,6 @@ serving the key their clients use), else with a new one.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -39,25 +36,24 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
 from schedulezero_handler import errors, listeners, security
-from schedulezero_operator import budget as budget_
-from schedulezero_operator import rotation
+from schedulezero_operator.curve import rotation
+from schedulezero_operator.curve.secrets import (
+    CLIENTS_SECRET,
+    CONDUCTOR_IDENTITY,
+    HANDLER_API_VERSION,
+    LABEL,
+    OPERATOR_IDENTITY,
+    SecretRead,
+    SecretStore,
+    ours,
+    read_keys,
+    read_pair,
+    server_secret_name,
+)
 
 log = logging.getLogger(__name__)
 
-LABEL = "schedulezero.io/curve"
-"""Its value says what the Secret holds: ``identity``, ``clients`` or ``server``."""
-MANAGED_BY = ("app.kubernetes.io/managed-by", "schedulezero-operator")
-CLIENTS_SECRET = "schedulezero-curve-clients"
-OPERATOR_IDENTITY = "schedulezero-operator-curve"
-CONDUCTOR_IDENTITY = "schedulezero-conductor-curve"
-HANDLER_API_VERSION = "schedulezero.io/v1alpha1"
-
 Mode = Literal["curve", "plaintext"]
-
-
-def server_secret_name(handler: str) -> str:
-    """The Secret a Handler's issued pair lives in; the handler chart mounts it by this name."""
-    return f"{handler}-curve"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,110 +70,6 @@ class Security:
 
 Report = Callable[[str, str, bool, str, str], None]
 """(namespace, handler, warning, reason, message): an Event on the Handler."""
-
-
-@dataclasses.dataclass
-class _Read:
-    data: dict[str, str]
-    labels: dict[str, str]
-    version: str
-    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-class SecretStore:
-    """Get, create and replace Secrets by name, each request paid for from the budget."""
-
-    def __init__(self, core: Any, budget: budget_.Budget) -> None:
-        self._core = core
-        self._budget = budget
-
-    async def read(self, namespace: str, name: str) -> _Read | None:
-        await self._budget.acquire("secret")
-        try:
-            secret = await self._core.read_namespaced_secret(name, namespace, _request_timeout=30)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        decoded = {}
-        for key, value in (secret.data or {}).items():
-            try:
-                decoded[key] = base64.b64decode(value, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                decoded[key] = ""  # unreadable: parsing it fails, naming the key
-        metadata = secret.metadata
-        labels, annotations = dict(metadata.labels or {}), dict(metadata.annotations or {})
-        return _Read(decoded, labels, str(metadata.resource_version or ""), annotations)
-
-    async def write(
-        self,
-        namespace: str,
-        name: str,
-        data: dict[str, str],
-        *,
-        kind: str,
-        version: str | None = None,
-        owner: dict[str, Any] | None = None,
-        annotations: dict[str, str] | None = None,
-    ) -> None:
-        """Creates the Secret, or (with ``version``) replaces the one at that resourceVersion; 409 raises."""
-        metadata: dict[str, Any] = {
-            "name": name,
-            "namespace": namespace,
-            "labels": {LABEL: kind, MANAGED_BY[0]: MANAGED_BY[1]},
-        }
-        if owner is not None:
-            metadata["ownerReferences"] = [owner]
-        if annotations:
-            metadata["annotations"] = annotations
-        if version is not None:
-            metadata["resourceVersion"] = version
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": metadata,
-            "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
-        }
-        await self._budget.acquire("secret")
-        if version is None:
-            await self._core.create_namespaced_secret(namespace, body, _request_timeout=30)
-        else:
-            await self._core.replace_namespaced_secret(name, namespace, body, _request_timeout=30)
-
-
-def ours(read: _Read, kind: str) -> bool:
-    return read.labels.get(LABEL) == kind and read.labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
-
-
-def _pair(read: _Read | None, key: str, what: str) -> tuple[bytes, bytes]:
-    """(public, secret) from a Secret's ``key``; ValueError naming what is wrong."""
-    if read is None or key not in read.data:
-        raise ValueError(f"{what} lacks {key}")
-    public, secret = security.parse_certificate(read.data[key], f"{what} {key}")
-    if secret is None:
-        raise ValueError(f"{what} {key} holds no secret-key")
-    if len(public) != 40 or len(secret) != 40:
-        raise ValueError(f"{what} {key} holds keys that are not 40-character Z85")
-    return public, secret
-
-
-def _keys(read: _Read | None, what: str) -> rotation.Keys:
-    """The keys a Handler's Secret holds; ValueError naming what is wrong (a damaged next pair is dropped)."""
-    server = _pair(read, "server.key_secret", what)
-    assert read is not None
-    following = None
-    if "next.key_secret" in read.data:
-        try:
-            following = _pair(read, "next.key_secret", what)
-        except ValueError as error:
-            log.warning("%s: dropping the next pair (%s)", what, error)
-    since = None
-    with contextlib.suppress(ValueError):
-        since = datetime.datetime.fromisoformat(read.annotations.get(rotation.SINCE_ANNOTATION, ""))
-    return rotation.Keys(
-        server=server, next=following, since=since, handled=read.annotations.get(rotation.REQUEST_ANNOTATION)
-    )
 
 
 class KeyIssuer:
@@ -243,7 +135,7 @@ class KeyIssuer:
             if read is not None and not ours(read, "identity"):
                 raise ValueError(f"{what} exists without the label {LABEL}=identity; not using or replacing it")
             try:
-                return _pair(read, "client.key_secret", what)
+                return read_pair(read, "client.key_secret", what)
             except ValueError as error:
                 if read is not None:
                     log.warning("%s unusable (%s): issuing a new identity", what, error)
@@ -383,7 +275,7 @@ class KeyIssuer:
             )
             return Security(curve=None, encrypted=False, reason="SecretConflict", message=message)
         try:
-            keys = _keys(read, what)
+            keys = read_keys(read, what)
         except ValueError as error:
             keys = await self._reissue(namespace, name, uid, read, what, error)
             read = None
@@ -487,7 +379,7 @@ class KeyIssuer:
         )  # fmt: skip
 
     async def _reissue(
-        self, namespace: str, name: str, uid: str, read: _Read | None, what: str, error: ValueError
+        self, namespace: str, name: str, uid: str, read: SecretRead | None, what: str, error: ValueError
     ) -> rotation.Keys:
         known = self._pairs.get((namespace, name))
         now = datetime.datetime.now(datetime.UTC)

@@ -15,7 +15,7 @@ Secret says (``listeners.py`` in the runtime says how a handler follows it):
   pair goes, and port + 1 closes.
 
 So no caller ever meets a listener whose key it does not hold: a rotation
-costs no call. The decisions here are pure; ``keys.py`` reads and writes.
+costs no call. The decisions here are pure; ``issuer.py`` reads and writes.
 """
 
 from __future__ import annotations
