@@ -291,10 +291,24 @@ def test_a_missing_own_secret_or_a_name_taken_is_a_condition_and_an_event(
 
 
 def test_rotating_the_keys_under_every_second_schedules_loses_no_run_and_fails_no_call(
-    cluster: controlplane.Cluster, namespace: str, operator: Operator, core: Any, tmp_path: pathlib.Path
+    cluster: controlplane.Cluster,
+    namespace: str,
+    operator: Operator,
+    core: Any,
+    system_kubeconfigs: dict[str, pathlib.Path],
+    tmp_path: pathlib.Path,
 ) -> None:
     journal = tmp_path / "journal.jsonl"
-    with issued_handler(cluster, core, namespace, tmp_path, "--journal", str(journal)) as handler:
+    with (
+        issued_handler(cluster, core, namespace, tmp_path, "--journal", str(journal)) as handler,
+        contextlib.ExitStack() as stack,
+    ):
+        scraper = conductor.start_conductor(
+            tmp_path, "--namespace", namespace, "--curve-identity", f"{SYSTEM}/schedulezero-conductor-curve",
+            env={"KUBECONFIG": str(system_kubeconfigs["conductor"])},
+        )  # fmt: skip
+        stack.callback(scraper.stop)
+        eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/probe") == 1)
         # Each call lasts half its period, so one is nearly always in flight when a listener changes.
         beats = (schedule_doc(f"beat-{n}", schedule="@every 1s", params={"seconds": 0.5}) for n in range(3))
         apply(cluster, namespace, *beats)
@@ -321,6 +335,16 @@ def test_rotating_the_keys_under_every_second_schedules_loses_no_run_and_fails_n
             lambda: all(
                 succeeded(get(cluster, namespace, "sched", f"beat-{n}")["status"]) >= settled[n] + 3 for n in range(3)
             )
+        )
+        # The conductor reads the issued Secret again (every 30 s) and scrapes with the new pair.
+        eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/probe") == 1, timeout=60)
+        after_rotation = scraper.value("schedulezero_handler_calls_total", handler=f"{namespace}/probe", method="tick")
+        eventually(
+            lambda: (
+                (scraper.value("schedulezero_handler_calls_total", handler=f"{namespace}/probe", method="tick") or 0)
+                > (after_rotation or 0)
+            ),
+            timeout=60,
         )
         # The old pair is served no more: a caller that still holds it is refused.
         old = tmp_path / "old"
