@@ -225,6 +225,10 @@ def test_a_plaintext_handler_shows_encrypted_false_and_a_warning(
         assert "clear text" in warning["message"]
         with pytest.raises(controlplane.ToolError):
             secret(cluster, namespace, "probe-curve")
+        # Nothing to rotate: said at once, naming why.
+        refused = plugin(cluster, "rotate-keys", "probe", "-n", namespace, check=False)
+        assert refused.returncode != 0
+        assert "has no issued keys to rotate: spec.security is plaintext" in refused.stderr
 
 
 def test_a_deleted_or_damaged_issued_secret_is_issued_again_with_the_keys_the_handler_serves(
