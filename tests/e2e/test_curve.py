@@ -119,6 +119,15 @@ def issued_handler(
         clients.close()
 
 
+def issued_conductor(
+    namespace: str, system_kubeconfigs: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> conductor.ConductorProcess:
+    """The conductor as the chart runs it: under its ServiceAccount, with the identity the operator issued it."""
+    identity = f"{SYSTEM}/schedulezero-conductor-curve"
+    env = {"KUBECONFIG": str(system_kubeconfigs["conductor"])}
+    return conductor.start_conductor(tmp_path, "--namespace", namespace, "--curve-identity", identity, env=env)
+
+
 def test_a_handler_with_no_security_fields_is_issued_keys_and_called_only_encrypted(
     cluster: controlplane.Cluster,
     namespace: str,
@@ -159,10 +168,7 @@ def test_a_handler_with_no_security_fields_is_issued_keys_and_called_only_encryp
             assert refused.returncode != 0, refused.stdout
 
             # The conductor scrapes it with its own issued identity.
-            scraper = conductor.start_conductor(
-                tmp_path, "--namespace", namespace, "--curve-identity", f"{SYSTEM}/schedulezero-conductor-curve",
-                env={"KUBECONFIG": str(system_kubeconfigs["conductor"])},
-            )  # fmt: skip
+            scraper = issued_conductor(namespace, system_kubeconfigs, tmp_path)
             try:
                 eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/probe") == 1)
             finally:
@@ -307,10 +313,7 @@ def test_rotating_the_keys_under_every_second_schedules_loses_no_run_and_fails_n
         issued_handler(cluster, core, namespace, tmp_path, "--journal", str(journal)) as handler,
         contextlib.ExitStack() as stack,
     ):
-        scraper = conductor.start_conductor(
-            tmp_path, "--namespace", namespace, "--curve-identity", f"{SYSTEM}/schedulezero-conductor-curve",
-            env={"KUBECONFIG": str(system_kubeconfigs["conductor"])},
-        )  # fmt: skip
+        scraper = issued_conductor(namespace, system_kubeconfigs, tmp_path)
         stack.callback(scraper.stop)
         eventually(lambda: scraper.value("schedulezero_handler_up", handler=f"{namespace}/probe") == 1)
         # Each call lasts half its period, so one is nearly always in flight when a listener changes.
