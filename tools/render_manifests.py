@@ -46,6 +46,7 @@ LAYOUT = {
     "serviceaccounts.yaml": "rbac/serviceaccounts.yaml",
     "rbac.yaml": "rbac/cluster.yaml",
     "election.yaml": "rbac/election.yaml",
+    "identity.yaml": "rbac/conductor-identity.yaml",
     "operator.yaml": "operator.yaml",
     "conductor.yaml": "conductor.yaml",
     "servicemonitor.yaml": "monitoring/servicemonitor.yaml",

@@ -10,7 +10,7 @@ import resource
 import sys
 
 from schedulezero_conductor import conductor, discovery
-from schedulezero_handler import runner
+from schedulezero_handler import runner, security
 from schedulezero_handler import server as server_
 from schedulezero_handler.cli import Subparsers
 
@@ -31,6 +31,16 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--timeout", type=float, help="seconds per handler scrape (default 5)")
     parser.add_argument("--http-port", type=int, help="serve /healthz and /readyz on this port")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--curve-identity",
+        metavar="NAMESPACE/SECRET",
+        help="the conductor's issued CURVE key pair (client.key_secret); Handlers without spec.security or "
+        "spec.curve are then scraped with it and the server key of their Secret NAME-curve, if it exists",
+    )
+    parser.add_argument("--curve-secret-key", type=pathlib.Path, help="the conductor's own server .key_secret file")
+    parser.add_argument(
+        "--curve-authorized-keys", type=pathlib.Path, help="directory of client .key files that may call it"
+    )
     parser.set_defaults(func=_run)
 
 
@@ -50,12 +60,25 @@ def _run(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             config[key] = value
+    if (args.curve_secret_key is None) != (args.curve_authorized_keys is None):
+        print("schedulezero: --curve-secret-key and --curve-authorized-keys go together", file=sys.stderr)
+        return 2
+    identity = None
+    if args.curve_identity is not None:
+        namespace, slash, secret = args.curve_identity.partition("/")
+        if not (slash and namespace and secret):
+            print(f"schedulezero: --curve-identity {args.curve_identity!r} is not NAMESPACE/SECRET", file=sys.stderr)
+            return 2
+        identity = (namespace, secret)
     source: discovery.Discovery | None = None
     if args.namespace or args.all_namespaces:
-        source = discovery.KubernetesDiscovery(namespaces=tuple(args.namespace or ()))
+        source = discovery.KubernetesDiscovery(namespaces=tuple(args.namespace or ()), identity=identity)
     _raise_open_file_limit()
     handler = conductor.Conductor(config=config, source=source)
-    settings = server_.ServerSettings(bind=args.bind, idle_timeout=0, http_port=args.http_port)
+    curve = None
+    if args.curve_secret_key is not None:
+        curve = security.CurveServer(secret_key_file=args.curve_secret_key, authorized_keys=args.curve_authorized_keys)
+    settings = server_.ServerSettings(bind=args.bind, idle_timeout=0, http_port=args.http_port, curve=curve)
     try:
         asyncio.run(runner.serve(handler, settings))
     except runner.ServeError as error:  # a port taken: one line and exit 2, as the handler has it

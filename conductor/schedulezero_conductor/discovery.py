@@ -5,11 +5,15 @@ is picked up without a restart, and a brief API outage only means scraping
 the last known set once more. A Handler with ``spec.service`` is scraped pod
 by pod, as its Service's EndpointSlices list them (the operator calls them
 so too). A Handler with ``spec.curve.secretName`` is called with the CURVE
-keys of that Secret, as the operator calls it.
+keys of that Secret, as the operator calls it; given its own issued identity,
+the conductor calls a Handler with neither ``spec.curve`` nor
+``spec.security: plaintext`` with that identity and the server key of the
+Secret the operator issued for it (``NAME-curve``).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import pathlib
@@ -24,6 +28,9 @@ from schedulezero_handler import endpoints, security, text
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "schedulezero.io", "v1alpha1", "handlers"
+ISSUED_TTL = 30.0
+"""Seconds an issued key Secret is believed: after a rotation's promote step, the handler's port serves the
+new pair, and scrapes with the old one fail until it is read again."""
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -97,9 +104,16 @@ class KubernetesDiscovery:
     """
 
     def __init__(
-        self, *, namespaces: tuple[str, ...], kubeconfig: str | None = None, secret_ttl: float = 300.0
+        self,
+        *,
+        namespaces: tuple[str, ...],
+        kubeconfig: str | None = None,
+        secret_ttl: float = 300.0,
+        identity: tuple[str, str] | None = None,
     ) -> None:
         self._namespaces = namespaces
+        self._identity = identity
+        self._identity_pair: tuple[bytes, bytes] | None = None
         self._kubeconfig = kubeconfig
         self._secret_ttl = secret_ttl
         self._api: Any = None
@@ -160,10 +174,13 @@ class KubernetesDiscovery:
                 ]
             targets += found
             secret_name = (spec.get("curve") or {}).get("secretName")
+            curve = None
             if secret_name:
                 curve = await self._curve(namespace, str(secret_name), handler=name)
-                if curve is not None:
-                    curves.update({target.endpoint: curve for target in found})
+            elif spec.get("security") != "plaintext" and self._identity is not None:
+                curve = await self._issued(namespace, str(meta.get("name")), handler=name)
+            if curve is not None:
+                curves.update({target.endpoint: curve for target in found})
         self._targets, self._curves = targets, curves
         return list(targets)
 
@@ -210,6 +227,35 @@ class KubernetesDiscovery:
                 "Handler %s: cannot use the CURVE keys of Secret %s/%s (%s)", handler, namespace, secret_name, error
             )
             return None
+        self._secrets[(namespace, secret_name)] = (time.monotonic(), curve)
+        return curve
+
+    async def _issued(self, namespace: str, handler_name: str, *, handler: str) -> security.CurveClient | None:
+        """Our identity and the server key the operator issued for the Handler, or None (logged): it is then
+        called in clear text, as before the operator issued it keys, and shows as down if it needs them."""
+        assert self._identity is not None
+        secret_name = f"{handler_name}-curve"
+        cached = self._secrets.get((namespace, secret_name))
+        if cached is not None and time.monotonic() - cached[0] < min(self._secret_ttl, ISSUED_TTL):
+            return cached[1]
+        try:
+            if self._identity_pair is None:
+                own = await self._core.read_namespaced_secret(self._identity[1], self._identity[0])
+                public, secret = security.parse_certificate(
+                    base64.b64decode((own.data or {}).get("client.key_secret", "")).decode(), "client.key_secret"
+                )
+                if secret is None:
+                    raise ValueError(f"Secret {'/'.join(self._identity)} client.key_secret holds no secret-key")
+                self._identity_pair = (public, secret)
+            issued = await self._core.read_namespaced_secret(secret_name, namespace)
+            server, _ = security.parse_certificate(
+                base64.b64decode((issued.data or {}).get("server.key", "")).decode(), "server.key"
+            )
+        except Exception as error:  # not issued yet, forbidden or malformed: this handler only, tried next round
+            log.warning("Handler %s: no issued CURVE keys to call it with (%s)", handler, error)
+            return None
+        public, secret = self._identity_pair
+        curve = security.CurveClient(server_public_key=server, public_key=public, secret_key=secret)
         self._secrets[(namespace, secret_name)] = (time.monotonic(), curve)
         return curve
 

@@ -40,6 +40,23 @@ def load_public(path: pathlib.Path) -> bytes:
     return public
 
 
+def certificate_text(public: bytes, secret: bytes | None = None) -> str:
+    """The contents of a ``.key`` file (``secret`` None) or a ``.key_secret`` file, as pyzmq writes them.
+
+    Issued keys are stored in Secrets in this form so that a handler reads its
+    mounted pair with the same loader as a pair made by ``schedulezero keys``.
+    """
+    lines = ["metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def new_pair() -> tuple[bytes, bytes]:
+    """A fresh (public, secret) CURVE key pair, Z85-encoded."""
+    return zmq.curve_keypair()
+
+
 def parse_certificate(text: str, what: str) -> tuple[bytes, bytes | None]:
     """(public, secret or None) from the contents of a ``.key``/``.key_secret`` file (a mounted Secret's value)."""
     keys: dict[str, bytes] = {}
@@ -61,13 +78,7 @@ class CurveServer:
     authorized_keys: pathlib.Path
     """Directory of ``*.key`` files: the client public keys that may call."""
     reload_interval: float = 2.0
-    """Seconds between checks of ``authorized_keys`` for changes."""
-
-    def apply(self, socket: zmq.Socket[Any]) -> None:
-        public, secret = load_pair(self.secret_key_file)
-        socket.curve_secretkey = secret
-        socket.curve_publickey = public
-        socket.curve_server = True
+    """Seconds between checks of ``authorized_keys`` and the key pair files for changes (listeners.py)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

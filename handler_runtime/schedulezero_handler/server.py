@@ -25,7 +25,19 @@ import zmq
 import zmq.asyncio
 
 import schedulezero_handler
-from schedulezero_handler import context, dedup, errors, health, metrics, params, protocol, pump, security, sleep
+from schedulezero_handler import (
+    context,
+    dedup,
+    errors,
+    health,
+    listeners,
+    metrics,
+    params,
+    protocol,
+    pump,
+    security,
+    sleep,
+)
 from schedulezero_handler import handler as handler_
 
 log = logging.getLogger(__name__)
@@ -151,9 +163,14 @@ class Server:
         if self.settings.curve is not None:
             self._authenticator = security.KeyDirectoryAuthenticator(self._context, self.settings.curve)
             await self._authenticator.start()
-            self.settings.curve.apply(socket)
-        socket.bind(self.settings.bind)
-        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            curve_listeners = listeners.CurveListeners(
+                socket, bind=self.settings.bind, key_file=self.settings.curve.secret_key_file
+            )
+            self.endpoint = curve_listeners.start()
+            self._spawn(self._follow_keys(curve_listeners, self.settings.curve.reload_interval))
+        else:
+            socket.bind(self.settings.bind)
+            self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.settings.http_port is not None:
             self._http = health.HealthServer(self, host=self.settings.http_host, port=self.settings.http_port)
             self._http.start(asyncio.get_running_loop())
@@ -214,6 +231,15 @@ class Server:
                 self._journal.close()
                 self._journal = None
             self._stopped.set()
+
+    async def _follow_keys(self, curve_listeners: listeners.CurveListeners, interval: float) -> None:
+        """The key pair files re-read, as a mounted Secret changes: a rotation's listeners come and go."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await curve_listeners.refresh()
+            except zmq.ZMQError as error:
+                log.warning("key pair files: %s", error)
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -192,6 +192,19 @@ def register_kubernetes(subparsers: Subparsers) -> None:
         default=300,
         help="seconds a watch lasts before it is renewed, so a silently dropped connection cannot stall the operator",
     )
+    operator.add_argument(
+        "--default-security",
+        choices=["curve", "plaintext"],
+        default="plaintext",
+        help="how a Handler with neither spec.security nor spec.curve is called: with CURVE keys the operator "
+        "issues, or in clear text (default %(default)s; the Helm chart and manifests set curve)",
+    )
+    operator.add_argument(
+        "--key-check-interval",
+        type=float,
+        default=30.0,
+        help="seconds between re-reads of each Handler's key Secrets (default %(default)s)",
+    )
     budget = budget_.BudgetSettings()
     operator.add_argument(
         "--kube-api-qps",
@@ -286,6 +299,8 @@ def _run_operator(args: argparse.Namespace) -> int:
         identity=args.identity,
         lease_namespace=args.lease_namespace,
         namespaces=() if args.all_namespaces else tuple(args.namespace),
+        default_security=args.default_security,
+        key_check_interval=args.key_check_interval,
     )
     try:
         config = dataclasses.replace(

@@ -25,10 +25,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_handler import client as client_
-from schedulezero_handler import endpoints, security, text
+from schedulezero_handler import endpoints, listeners, security, text
 from schedulezero_operator import budget as budget_
 from schedulezero_operator import (
     checkpoints,
@@ -42,6 +41,9 @@ from schedulezero_operator import (
     status,
 )
 from schedulezero_operator import engine as engine_
+from schedulezero_operator.curve import issuer as keys
+from schedulezero_operator.curve import rotation
+from schedulezero_operator.curve.secrets import SecretStore
 from schedulezero_operator.metrics import HaMetrics, OperatorMetrics
 from schedulezero_operator.sinks import ScheduleKey
 
@@ -82,6 +84,10 @@ class ControllerSettings:
     """The namespaces watched; empty is every namespace."""
     joining: joining.JoinSettings = dataclasses.field(default_factory=joining.JoinSettings)
     """When this replica enters the election: once it has seen every Schedule (joining.py)."""
+    default_security: keys.Mode = "plaintext"
+    """How a Handler with neither spec.security nor spec.curve is called: with keys the operator issues, or not."""
+    key_check_interval: float = 30.0
+    """Seconds between re-reads of each Handler's key Secrets, so a deleted or damaged one is issued again."""
 
 
 @dataclasses.dataclass
@@ -104,6 +110,8 @@ class Runtime:
     """(kind, namespace, name) -> uid, for Events about objects."""
     listing: joining.Listing
     """The Schedules listed at start: the election waits until the watch has delivered them all."""
+    issuer: keys.KeyIssuer
+    """How each Handler is called (CURVE or not) and the keys the operator issues for it."""
     joined: asyncio.Task[None] | None = None
     """Lists the Schedules, waits for them, then enters the election."""
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -207,6 +215,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         # Statuses not written yet are not written here: their run records go to the next owners in the
         # final checkpoints, so the Leases are released at once (but for the records there is no room for).
         await runtime.prober.stop()
+        runtime.issuer.stop()
         await runtime.engine.stop(flush=False)
         await runtime.engine.write_statuses(runtime.checkpointer.overflow(runtime.owns_shard))
         await runtime.checkpointer.stop()
@@ -265,6 +274,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             for gone in (runtime.handlers, runtime.specs, runtime.methods, runtime.serving, runtime.probed,
                          runtime.curves):  # fmt: skip
                 gone.pop(qualified, None)
+            runtime.issuer.forget(namespace, name)
             return
         runtime.uids["Handler", namespace, name] = body["metadata"]["uid"]
         spec = copy.deepcopy(dict(body.get("spec") or {}))
@@ -273,7 +283,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
             methods = known.get("methods") if known.get("endpoint") == resolve_endpoint(namespace, spec) else None
             runtime.methods[qualified] = frozenset(m["name"] for m in methods) if isinstance(methods, list) else None
             runtime.specs[qualified] = spec
-        runtime.curves[qualified] = await _curve(runtime, namespace, name, spec)
+        request = (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_ANNOTATION)
+        runtime.curves[qualified] = await _curve(runtime, namespace, name, spec, request=request)
         await _publish(runtime, namespace, name)
 
     @kopf.on.event(
@@ -315,8 +326,7 @@ async def _publish(runtime: Runtime, namespace: str, name: str) -> None:
     spec = runtime.specs.get(qualified)
     if spec is None:
         return
-    address = resolve_endpoint(namespace, spec)
-    pods = _pods(runtime, namespace, spec)
+    address, pods = _where(runtime, namespace, name, spec)
     serving = [pod.address for pod in pods if pod.serving] if pods is not None else [address]
     curve = runtime.curves.get(qualified)
     for endpoint in serving:
@@ -404,6 +414,16 @@ async def _start(config: ControllerSettings) -> Runtime:
         status_sink=status_sink,
         uids=uids,
         listing=joining.Listing(config.joining),
+        issuer=keys.KeyIssuer(
+            SecretStore(api.core, budget),
+            namespace=config.lease_namespace,
+            mode=config.default_security,
+            report=lambda *event: _report_keys(runtime, *event),
+            byo=lambda namespace, secret: _byo_keys(runtime, namespace, secret),
+            endpoints=lambda namespace, name: _base_endpoints(runtime, namespace, name),
+            owns=lambda namespace, name: runtime.owns(namespace, name),
+            overlap=max(3 * config.key_check_interval, 3.0),
+        ),
     )
     client.on_connection = lambda endpoint, up: prober.poke(endpoint)  # a lost pod shows in status at once
     if config.metrics_port:
@@ -412,6 +432,10 @@ async def _start(config: ControllerSettings) -> Runtime:
     await runtime.engine.start()
     runtime.prober.start()
     checkpointer.start()
+    await runtime.issuer.start(
+        on_change=lambda namespace, name, now: _keys_changed(runtime, namespace, name, now),
+        interval=config.key_check_interval,
+    )
     runtime.joined = asyncio.get_running_loop().create_task(_join(runtime, config))
     log.info(
         "operator %s: %s, Leases %s-shard-N in %s",
@@ -485,19 +509,55 @@ def _checkpointed(runtime: Runtime, shard: int, size: int) -> None:
     runtime.ha_metrics.checkpoint_size.labels(str(shard)).set(size)
 
 
-async def _curve(runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]) -> security.CurveClient | None:
-    """The Handler's CURVE keys, or None without spec.curve; a bad Secret is an Event, and calls then fail."""
-    secret_name = (spec.get("curve") or {}).get("secretName")
-    if not secret_name:
-        return None
+async def _curve(
+    runtime: Runtime, namespace: str, name: str, spec: dict[str, Any], *, request: str | None
+) -> security.CurveClient | None:
+    """The Handler's CURVE keys (its own Secret's, or issued), or None to call it in clear text (curve/issuer.py)."""
+    known = runtime.issuer.unchanged(namespace, name, spec, request)
+    if known is not None:
+        return known.curve
+    uid = runtime.uids.get(("Handler", namespace, name), "")
+    return (await runtime.issuer.resolve(namespace, name, uid, spec, request=request)).curve
+
+
+def _report_keys(runtime: Runtime, namespace: str, name: str, warning: bool, reason: str, message: str) -> None:
+    ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
+    runtime.events.record(ref, warning=warning, reason=reason, message=message)
+
+
+async def _keys_changed(runtime: Runtime, namespace: str, name: str, now: keys.Security) -> None:
+    """A Secret re-read found other keys (or none): calls use them from now on."""
+    runtime.curves[f"{namespace}/{name}"] = now.curve
+    await _publish(runtime, namespace, name)
+
+
+def _base_endpoints(runtime: Runtime, namespace: str, name: str) -> list[str]:
+    """The Handler's ready pods (or its one address) at their own port, as a key rotation checks them."""
+    spec = runtime.specs.get(f"{namespace}/{name}")
+    if spec is None:
+        return []
+    pods = _pods(runtime, namespace, spec)
+    return [pod.address for pod in pods if pod.ready] if pods is not None else [resolve_endpoint(namespace, spec)]
+
+
+def _where(
+    runtime: Runtime, namespace: str, name: str, spec: dict[str, Any]
+) -> tuple[str, list[endpoints.Endpoint] | None]:
+    """The Handler's address and pods as called now: at port + 1 while a key rotation has its callers there."""
+    address, pods = resolve_endpoint(namespace, spec), _pods(runtime, namespace, spec)
+    keys_now = runtime.issuer.state.get(f"{namespace}/{name}")
+    if keys_now is None or not keys_now.rotation_port:
+        return address, pods
     try:
-        await runtime.budget.acquire("secret")
-        return await runtime.api.curve_keys(namespace, str(secret_name))
-    except (ApiException, ValueError) as error:
-        message = f"CURVE keys from Secret {secret_name!r} unusable: {getattr(error, 'reason', None) or error}"
-        ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
-        runtime.events.record(ref, warning=True, reason="InvalidCurveSecret", message=message)
-        return None
+        moved = [dataclasses.replace(pod, address=listeners.rotation_endpoint(pod.address)) for pod in pods or ()]
+        return listeners.rotation_endpoint(address), moved if pods is not None else None
+    except ValueError:  # not tcp://host:port: the rotation never gets past its first step for it
+        return address, pods
+
+
+async def _byo_keys(runtime: Runtime, namespace: str, secret_name: str) -> security.CurveClient:
+    await runtime.budget.acquire("secret")
+    return await runtime.api.curve_keys(namespace, secret_name)
 
 
 def resolve_endpoint(namespace: str, spec: dict[str, Any]) -> str:
@@ -513,8 +573,7 @@ def _probed(runtime: Runtime, qualified: str, results: list[probe.ProbeResult]) 
     spec = runtime.specs.get(qualified)
     if spec is None:  # deleted while probing
         return
-    address = resolve_endpoint(namespace, spec)
-    pods = _pods(runtime, namespace, spec)
+    address, pods = _where(runtime, namespace, name, spec)
     listed = pods if pods is not None else [endpoints.Endpoint(address, address)]
     previous = runtime.handlers.get(qualified, {})
     summary = replicas.summarize(address, listed, results, previous, now=datetime.datetime.now(datetime.UTC))
@@ -529,8 +588,14 @@ def _probed(runtime: Runtime, qualified: str, results: list[probe.ProbeResult]) 
         ref = kubeapi.ObjectRef("Handler", namespace, name, runtime.uids.get(("Handler", namespace, name), ""))
         message = "; ".join(summary.unreachable) or "no ready replica"
         runtime.events.record(ref, warning=True, reason="HandlerUnreachable", message=message)
-    runtime.handlers[qualified] = summary.status
-    runtime.spawn(_write_handler_status(runtime, namespace, name, summary.status))
+    written = dict(summary.status)
+    encrypted = keys.condition(
+        runtime.issuer.state.get(qualified), previous.get("conditions") or (), now=datetime.datetime.now(datetime.UTC)
+    )
+    if encrypted is not None:
+        written["conditions"] = [*written.get("conditions", ()), encrypted]
+    runtime.handlers[qualified] = written
+    runtime.spawn(_write_handler_status(runtime, namespace, name, written))
 
 
 async def _write_handler_status(runtime: Runtime, namespace: str, name: str, handler_status: dict[str, Any]) -> None:

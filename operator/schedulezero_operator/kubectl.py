@@ -23,6 +23,7 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from schedulezero_operator import engine, kubeapi, triggers
+from schedulezero_operator.curve import rotation
 from schedulezero_operator.errors import InvalidSchedule
 
 GROUP, VERSION = kubeapi.GROUP, kubeapi.VERSION
@@ -117,6 +118,21 @@ async def run_now(session: Session, args: argparse.Namespace) -> str:
     await session.patch("schedules", args.name, {"metadata": {"annotations": {kubeapi.RUN_NOW_ANNOTATION: token}}})
     annotation = f"{kubeapi.RUN_NOW_ANNOTATION}={token}"
     return f"schedule.schedulezero.io/{args.name} in {session.namespace}: run requested ({annotation})"
+
+
+async def rotate_keys(session: Session, args: argparse.Namespace) -> str:
+    """Asks for a rotation of the Handler's issued CURVE keys; refused at once for a Handler that has none."""
+    handler = await session.get("handlers", args.name)
+    spec = handler.get("spec") or {}
+    where = f"handler.schedulezero.io/{args.name} in {session.namespace}"
+    if spec.get("security") == "plaintext" or (spec.get("curve") or {}).get("secretName"):
+        why = "spec.security is plaintext" if spec.get("security") == "plaintext" else "its keys are its own Secret's"
+        raise PluginError(f"{where} has no issued keys to rotate: {why}")
+    token = f"{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%S.%fZ}"
+    await session.patch("handlers", args.name, {"metadata": {"annotations": {rotation.ROTATE_ANNOTATION: token}}})
+    return (
+        f"{where}: key rotation requested ({rotation.ROTATE_ANNOTATION}={token}); `kubectl get events` shows its steps"
+    )
 
 
 async def suspend(session: Session, args: argparse.Namespace) -> str:
@@ -266,8 +282,8 @@ Verb = Callable[[Session, argparse.Namespace], Awaitable[str]]
 
 
 DESCRIPTION = """\
-Run, suspend, resume and backfill ScheduleZero Schedules, and read their runs
-and Handlers. Each verb writes what kubectl can write too: an annotation the
+Run, suspend, resume and backfill ScheduleZero Schedules, read their runs and
+Handlers, and rotate a Handler's keys. Each verb writes what kubectl can write too: an annotation the
 operator acts on, or spec.suspend."""
 
 EXAMPLES = """\
@@ -289,6 +305,9 @@ examples:
 
   # a Handler's replicas, state, methods and their parameters
   kubectl schedulezero describe-handler example
+
+  # new CURVE keys for a Handler, the old ones served until every caller has moved
+  kubectl schedulezero rotate-keys example
 
 Every verb takes -n NAMESPACE, --context and --kubeconfig, as kubectl does.
 "kubectl schedulezero VERB --help" says more about each."""
@@ -325,6 +344,7 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("name", nargs="?")
     history.add_argument("-A", "--all-namespaces", action="store_true", help="Schedules of every namespace")
     verb("describe-handler", describe_handler, "a Handler's replicas, state and methods").add_argument("name")
+    verb("rotate-keys", rotate_keys, "rotate a Handler's issued CURVE keys, without a failed call").add_argument("name")
     return top
 
 

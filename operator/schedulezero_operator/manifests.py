@@ -166,6 +166,14 @@ def _broken_rule(kind: str, spec: dict[str, Any]) -> str | None:
     defaulting); those on the schedule and its times are ``triggers.build_trigger``'s, applied by the engine."""
     if kind == "Handler" and ("endpoint" in spec) == ("service" in spec):
         return "spec: set exactly one of spec.endpoint or spec.service"
+    if kind == "Handler" and spec.get("security") == "plaintext" and "curve" in spec:
+        return "spec: spec.security plaintext and spec.curve contradict each other; set one of them"
+    issued = "curve" not in spec and spec.get("security") != "plaintext"
+    if kind == "Handler" and "rotationInterval" in spec and not issued:
+        return (
+            "spec: spec.rotationInterval rotates issued keys only; it cannot go with spec.curve or spec.security "
+            "plaintext"
+        )
     retry = spec.get("retry") or {}
     bounded = kind == "Schedule" and "maxBackoffSeconds" in retry and "backoffSeconds" in retry
     if bounded and retry["maxBackoffSeconds"] < retry["backoffSeconds"]:

@@ -89,7 +89,13 @@ def system_kubeconfigs(
     manifests/ is rendered from the chart (a test fails when it drifts), so the
     operator and conductor tests run with exactly the rights `helm install` grants.
     """
-    for path in ("namespace.yaml", "rbac/serviceaccounts.yaml", "rbac/cluster.yaml", "rbac/election.yaml"):
+    for path in (
+        "namespace.yaml",
+        "rbac/serviceaccounts.yaml",
+        "rbac/cluster.yaml",
+        "rbac/election.yaml",
+        "rbac/conductor-identity.yaml",
+    ):
         cluster.kubectl("apply", "-f", str(MANIFESTS / path))
     directory = tmp_path_factory.mktemp("accounts")
     return {

@@ -359,6 +359,12 @@ RULE_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "set exactly one of spec.endpoint or spec.service": (
         "Handler", {"endpoint": "tcp://a:1", "service": {"name": "a", "port": 1}}
     ),
+    "spec.security plaintext and spec.curve contradict each other; set one of them": (
+        "Handler", {"endpoint": "tcp://a:1", "security": "plaintext", "curve": {"secretName": "k"}}
+    ),
+    "spec.rotationInterval rotates issued keys only; it cannot go with spec.curve or spec.security plaintext": (
+        "Handler", {"endpoint": "tcp://a:1", "rotationInterval": "24h", "curve": {"secretName": "k"}}
+    ),
     "one of spec.schedule or spec.runAt is required": ("Schedule", {"handler": "h", "method": "m"}),
     "spec.schedule and spec.runAt are mutually exclusive; set exactly one": (
         "Schedule", {"handler": "h", "method": "m", "schedule": "@daily", "runAt": "2026-12-24T18:00:00Z"}

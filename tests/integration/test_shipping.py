@@ -124,9 +124,23 @@ def test_the_operator_runs_replicas_that_share_shards_and_roll(helm: pathlib.Pat
     [budget] = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
     assert budget["spec"]["minAvailable"] == 1
     assert budget["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
-    [role] = [d for d in documents if d["kind"] == "Role"]  # Leases and checkpoints: its own namespace only
+    roles = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Role"}
+    # Leases, checkpoints and the CURVE identities it issues: its own namespace only.
+    role = roles["rel-schedulezero-operator-election"]
     assert role["metadata"]["namespace"] == "ns"
-    assert {r["resources"][0] for r in role["rules"]} == {"leases", "configmaps"}
+    assert {r["resources"][0] for r in role["rules"]} == {"leases", "configmaps", "secrets"}
+    # The conductor: its own identity's Secret, by name, and nothing else there.
+    identity = roles["rel-schedulezero-conductor-identity"]
+    assert identity["metadata"]["namespace"] == "ns"
+    assert identity["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["schedulezero-conductor-curve"],
+            "verbs": ["get"],
+        }
+    ]
+    assert set(roles) == {"rel-schedulezero-operator-election", "rel-schedulezero-conductor-identity"}
     single = template(helm, "schedulezero", "--set=operator.replicas=1")
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]  # it would block every drain
 
@@ -151,7 +165,8 @@ def test_listed_namespaces_get_roles_and_no_cluster_rights(helm: pathlib.Path) -
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
     roles = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in documents if d["kind"] == "Role")
     watched = [(ns, f"rel-schedulezero-{c}") for ns in ("team-a", "team-b") for c in ("conductor", "operator")]
-    assert roles == sorted([("ns", "rel-schedulezero-operator-election"), *watched])
+    own = [("ns", "rel-schedulezero-operator-election"), ("ns", "rel-schedulezero-conductor-identity")]
+    assert roles == sorted([*own, *watched])
     operator = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator"))
     args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args

@@ -3,7 +3,7 @@
 In file order, on one installation: every pod Ready through its own probes,
 the operators authenticated in-cluster and elected by pod name; Schedules
 every second running on all three vendor handler pods over the EndpointSlices
-the controller writes; the PodDisruptionBudget refusing an eviction; faults
+the controller writes, encrypted with the keys the operator issued; the PodDisruptionBudget refusing an eviction; faults
 (a deleted operator pod, a SIGKILLed operator process, a deleted handler pod,
 a ``helm upgrade`` rolling both Deployments) with every nominal time in the
 window run exactly once, judged by the handler pods' delivery journals; a
@@ -21,6 +21,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from typing import Any
@@ -185,6 +186,22 @@ def real_data(expression: str, result: list[dict[str, Any]]) -> bool:
         all(series["metric"].get(label) for label in grouped) and math.isfinite(float(series["value"][1]))
         for series in result
     )
+
+
+def test_the_installed_charts_encrypt_every_call_by_default(installed: Installed) -> None:
+    """Installed with their defaults, the charts call the vendor handler and the conductor with keys the operator
+    issued (the runs above succeeded with them); a client without keys is refused by a handler pod."""
+    for namespace, handler in ((SHOP, HANDLER), (SYSTEM, "conductor")):
+        status = installed.kubectl_json("get", "hdl", handler, "-n", namespace)["status"]
+        encrypted = next(c for c in status["conditions"] if c["type"] == "Encrypted")
+        assert (encrypted["status"], encrypted["reason"]) == ("True", "KeysIssued"), encrypted
+    labels = installed.kubectl_json("get", "secret", f"{HANDLER}-curve", "-n", SHOP)["metadata"]["labels"]
+    assert labels["schedulezero.io/curve"] == "server"
+    pod = installed.pods(SHOP, HANDLER_PODS)[0]
+    command = [str(pathlib.Path(sys.executable).parent / "schedulezero"), "call"]
+    command += [f"tcp://{pod['status']['podIP']}:5555", "sys.health", "--timeout", "3"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0, refused.stdout
 
 
 def test_a_prometheus_on_the_host_scrapes_the_pods_and_the_dashboard_shows_their_data(

@@ -19,8 +19,10 @@ class Proxy:
     accepted and never answered. Healed, the established connections carry on.
     """
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], *, record: bool = False) -> None:
         self.target = target
+        self.recorded = bytearray() if record else None
+        """With ``record``: every byte forwarded, both ways, as a capture on the wire would show them."""
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._cut = threading.Event()
@@ -105,6 +107,9 @@ class Proxy:
                         data = source.recv(65536)
                         if not data:
                             return
+                        if self.recorded is not None:
+                            with self._lock:
+                                self.recorded += data
                         key.data.sendall(data)
                     except OSError:
                         return
