@@ -147,7 +147,9 @@ def test_invalid_schedule_is_flagged_and_the_valid_one_runs(
         schedule_doc("good", schedule="@every 1s"),
     )
     # Params the API server stores but no run could send well: refused at once, not at every run.
-    large = eventually(lambda: get(cluster, namespace, "sched", "large")["status"]["conditions"][0])
+    large = eventually(
+        lambda: (c := condition(get(cluster, namespace, "sched", "large"), "Ready"))["reason"] != "StatusPending" and c
+    )
     assert (large["status"], large["reason"]) == ("False", "InvalidSchedule")
     assert large["message"] == "spec.params is 70012 bytes of JSON, more than the 65536 allowed"
     events = eventually(
