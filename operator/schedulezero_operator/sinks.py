@@ -152,10 +152,15 @@ class StatusWriter:
         self._last_write.pop(key, None)
 
     def backlog(self) -> tuple[int, float]:
-        """Schedules with a change not yet written, and the age in seconds of the oldest change."""
-        if not self._pending:
+        """Schedules with a change not yet written, and the age in seconds of the oldest change.
+
+        Called from the metrics server's thread while the loop changes the backlog: it iterates a copy (one
+        step under the GIL), since iterating the dictionary itself fails once a change lands meanwhile.
+        """
+        changes = list(self._pending.values())
+        if not changes:
             return 0, 0.0
-        return len(self._pending), time.monotonic() - min(change.since for change in self._pending.values())
+        return len(changes), time.monotonic() - min(change.since for change in changes)
 
     def _queue(self, key: ScheduleKey, *, since: float, due: float) -> None:
         sequence = next(self._sequence)

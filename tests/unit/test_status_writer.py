@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import threading
 import time
 from typing import Any
 
@@ -135,3 +136,36 @@ async def test_stop_flushes_a_backlog_without_waiting_for_the_budget() -> None:
     async with asyncio.timeout(5):  # thirty seconds at the budget's rate
         await writer.stop()
     assert versions.written == dict(versions.current)
+
+
+async def test_the_backlog_is_read_from_the_metrics_thread_while_the_loop_changes_it() -> None:
+    """/metrics reads the backlog from a thread of its own: at 100,000 pending changes a scrape once failed
+    with "dictionary changed size during iteration" as the loop marked and wrote Schedules meanwhile."""
+    versions = Versions()
+    keys = _keys(100_000)
+    writer, _ = _backlogged(versions, keys, qps=1.0)  # nothing drains: the backlog stays large
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            try:
+                writer.backlog()
+            except RuntimeError as error:
+                failures.append(error)
+                return
+
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not failures:
+            for key in random.sample(keys, 2_000):  # changes landing and going, as runs end and writes succeed
+                writer.forget(key)
+                writer.mark(key)
+            await asyncio.sleep(0)
+    finally:
+        done.set()
+        thread.join()
+        await writer.stop(flush=False)
+    assert not failures, failures
