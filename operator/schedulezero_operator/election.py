@@ -4,7 +4,10 @@ Schedules are split into ``shards`` by a stable hash of ``namespace/name``;
 each shard is one Lease, held by at most one replica. Every replica also
 renews a member Lease of its own, so each knows how many replicas are alive
 and takes free shards only up to its fair share, ceil(shards / live replicas),
-giving its excess up when another replica joins.
+giving its excess up when another replica joins. A shard whose holder died
+is the exception: any replica takes it at expiry, share or not, and hands
+the excess on at the next rounds, so it does not wait for a replica that
+joined meanwhile to watch its Lease expire from scratch.
 
 The rules are client-go's ``leaderelection``:
 
@@ -159,6 +162,8 @@ class Elector:
         """Per shard, which of this replica's acquisitions holds it now (the count of transitions then): the
         operator acts for a shard only once it has caught up on this very acquisition."""
         self.live_members = 1
+        self._listed: dict[str, LeaseRecord] = {}
+        """Every Lease of the election as the last round listed them."""
         self._seen: dict[str, _Seen] = {}
         self._written: dict[int, str] = {}
         """Per shard held, the resourceVersion of this replica's own last write of its Lease."""
@@ -223,6 +228,12 @@ class Elector:
                 break
             if shard not in self.renewed:
                 await self._try_acquire(shard)
+        # A shard whose holder stopped renewing it is taken at expiry even beyond the share: the replica
+        # below its share may be one that just joined, whose clock has watched the Lease for moments only and
+        # would judge it expired a lease duration later. The excess goes on to it at the next rounds.
+        for shard in range(self.settings.shards):
+            if shard not in self.renewed and self._orphaned(shard):
+                await self._try_acquire(shard)
 
     # -- members --------------------------------------------------------------------
 
@@ -248,7 +259,7 @@ class Elector:
         does only once it falls below its share: that is when the dead
         holder's own member Lease has expired, a lease duration later.
         """
-        leases = await self.store.list_all()
+        leases = self._listed = await self.store.list_all()
         members, shards = f"{self.settings.prefix}-member-", f"{self.settings.prefix}-shard-"
         own = self._member_name(self.identity)
         live = 1
@@ -272,6 +283,13 @@ class Elector:
         if seen is None or seen.version != record.version:
             seen = self._seen[name] = _Seen(record.version, self.clock())
         return seen
+
+    def _orphaned(self, shard: int) -> bool:
+        """Whether the shard's Lease, as last listed, names a holder that has not renewed it for a lease
+        duration on this replica's clock (a released Lease names none, and goes to a replica below its share)."""
+        name = self._shard_name(shard)
+        record = self._listed.get(name)
+        return record is not None and bool(record.holder) and self._expired(name, record)
 
     def _expired(self, name: str, record: LeaseRecord) -> bool:
         """Whether ``record`` has not changed for a lease duration, on this replica's own clock."""

@@ -75,13 +75,15 @@ class MemoryLeases:
 class Replica:
     """An Elector whose requests the store attributes to it (for cutting it off)."""
 
-    def __init__(self, store: MemoryLeases, clock: Clock, identity: str) -> None:
+    def __init__(
+        self, store: MemoryLeases, clock: Clock, identity: str, settings: election.ElectionSettings = SETTINGS
+    ) -> None:
         self.store = store
         self.events: list[tuple[str, int]] = []
         self.elector = election.Elector(
             store,
             identity=identity,
-            settings=SETTINGS,
+            settings=settings,
             clock=clock,
             on_acquired=lambda shard: self.events.append(("acquired", shard)),
             on_lost=lambda shard, why: self.events.append(("lost", shard)),
@@ -269,6 +271,33 @@ async def test_a_dead_holders_shards_are_taken_a_lease_duration_after_its_last_r
         await rounds([b], clock, 1)
         assert clock.now - died < 3 * SETTINGS.lease_duration, "never taken over"
     assert clock.now - died <= SETTINGS.lease_duration + 2 * SETTINGS.retry_period
+
+
+async def test_a_dead_holders_shards_are_taken_at_expiry_when_the_survivors_are_at_their_share_and_a_newcomer_is_not(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """8 shards over 3 replicas (3, 3, 2); one holding 3 dies and a new replica joins just before its Leases
+    expire (a Deployment replacing the pod). The survivors are at their share with the newcomer counted, and
+    the newcomer, having looked at the Leases only now, would judge them expired a lease duration later:
+    the survivors take them at expiry, and hand the excess on to the newcomer at the next rounds."""
+    settings = dataclasses.replace(SETTINGS, shards=8)
+    a, b, c = (Replica(store, clock, name, settings) for name in "abc")
+    await rounds([a, b, c], clock, 4)
+    victim = next(r for r in (a, b, c) if len(r.elector.held()) == 3)
+    lost = victim.elector.held()
+    survivors = [r for r in (a, b, c) if r is not victim]
+    died = clock.now - SETTINGS.retry_period  # its last round (SIGKILL: no release, no goodbye)
+    await rounds(survivors, clock, int(SETTINGS.lease_duration // SETTINGS.retry_period) - 2)
+    newcomer = Replica(store, clock, "d", settings)
+    taken_at: dict[int, float] = {}
+    while len(taken_at) < len(lost):
+        await rounds([*survivors, newcomer], clock, 1)
+        held = {s for r in (*survivors, newcomer) for s in r.elector.held()}
+        taken_at.update({s: clock.now - died for s in lost if s in held and s not in taken_at})
+        assert clock.now - died < 3 * SETTINGS.lease_duration, f"never taken over: {taken_at}"
+    assert max(taken_at.values()) <= SETTINGS.lease_duration + 2 * SETTINGS.retry_period, taken_at
+    await rounds([*survivors, newcomer], clock, 4)
+    assert sorted(len(r.elector.held()) for r in (*survivors, newcomer)) == [2, 3, 3]
 
 
 async def step_until(
