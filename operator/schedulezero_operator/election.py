@@ -202,10 +202,12 @@ class Elector:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for shard in sorted(self.renewed):
-            await self._release(shard)
+        # The member Lease goes first: the others' next round counts this replica gone, so their fair share
+        # already has room for the shards it releases (counted live, it held them back until it was gone).
         with contextlib.suppress(Exception):
             await self.store.delete(self._member_name(self.identity))
+        for shard in sorted(self.renewed):
+            await self._release(shard)
 
     async def round(self) -> None:
         """One round: heartbeat, count the live, renew, give up the excess, take free shards."""

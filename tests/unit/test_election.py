@@ -241,6 +241,31 @@ async def test_a_stopped_replica_hands_its_shards_over_at_the_next_round(store: 
     assert b.elector.held() == [0, 1, 2, 3]
 
 
+async def test_a_stopping_replicas_shards_are_taken_while_it_still_releases_the_rest(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """8 shards over 3 replicas (3, 3, 2): the others are at their share while the stopping replica counts as
+    live. Its final checkpoints take a moment per shard, and the others' rounds come meanwhile: they find it
+    gone already (its member Lease is deleted first), so each shard it has released is taken at once."""
+    settings = dataclasses.replace(SETTINGS, shards=8)
+    replicas = [Replica(store, clock, name, settings) for name in "abc"]
+    await rounds(replicas, clock, 4)
+    leaving = next(r for r in replicas if len(r.elector.held()) == 3)
+    others = [r for r in replicas if r is not leaving]
+    released = leaving.elector.held()
+
+    async def others_round(shard: int) -> None:  # the others' rounds, while this replica writes a checkpoint
+        for replica in others:
+            await replica.round()
+        store.caller = leaving.elector.identity
+
+    leaving.elector.before_release = others_round
+    store.caller = leaving.elector.identity
+    await leaving.elector.stop()
+    taken = {shard for replica in others for shard in replica.elector.held()}
+    assert set(released[:-1]) <= taken, f"released {released}, taken meanwhile {sorted(taken)}"
+
+
 async def test_a_holder_late_for_its_renew_takes_its_shard_again_rather_than_resuming(
     store: MemoryLeases, clock: Clock
 ) -> None:
