@@ -192,14 +192,16 @@ class FaultWindow:
 def judge(window: FaultWindow, sent: dict[tuple[str, str], list[deliveries.Delivery]], items: list[dict[str, Any]],
           every: int) -> list[str]:  # fmt: skip
     """One table row: the runs due in the window, missing, delivered twice, re-sent, executed twice."""
-    due: set[tuple[str, str]] = set()
+    # Runs are told apart by Schedule and nominal time in milliseconds: the start times are spread over the
+    # period in fractions of a second, and the call header writes its times in a format of its own.
+    due: set[tuple[str, int]] = set()
     for item in items:
         anchor = datetime.datetime.fromisoformat(item["spec"]["startTime"]).timestamp()
-        first = anchor + every * max(0, -(-(window.start - anchor) // every))
-        for moment in range(int(first), int(window.end), every):
-            nominal = datetime.datetime.fromtimestamp(moment, datetime.UTC)
-            due.add((f"{NAMESPACE}/{item['metadata']['name']}", rfc3339(nominal)))
-    inside = {run: d for run, d in sent.items() if run in due}
+        moment = anchor + every * max(0, -(-(window.start - anchor) // every))
+        while moment < window.end:
+            due.add((f"{NAMESPACE}/{item['metadata']['name']}", round(moment * 1000)))
+            moment += every
+    inside = {run: d for run, d in sent.items() if (run[0], milliseconds(run[1])) in due}
     doubled = deliveries.double_fired(inside)
     resent = [run for run, d in inside.items() if any(x.resent for x in d)]
     twice = [run for run, d in inside.items() if sum(1 for x in d if x.answer == "run") > 1]
@@ -207,8 +209,8 @@ def judge(window: FaultWindow, sent: dict[tuple[str, str], list[deliveries.Deliv
     return [window.name, f"{len(due):,}", str(missing), str(len(doubled)), f"{len(resent):,}", str(len(twice))]
 
 
-def rfc3339(moment: datetime.datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def milliseconds(nominal: str) -> int:
+    return round(datetime.datetime.fromisoformat(nominal).timestamp() * 1000)
 
 
 @contextlib.contextmanager
