@@ -121,6 +121,10 @@ class LeaseStore(Protocol):
     async def delete(self, name: str) -> None: ...
 
 
+EXPIRY_MARGIN = 0.05
+"""Seconds after a Lease's expiry (on this replica's clock) that the round taking it comes."""
+
+
 @dataclasses.dataclass
 class _Seen:
     version: str
@@ -194,7 +198,21 @@ class Elector:
                 await self.round()
             except Exception:
                 log.exception("election round failed; retrying in %.1f s", self.settings.retry_period)
-            await asyncio.sleep(self.settings.retry_period)
+            await asyncio.sleep(self._until_next_round())
+
+    def _until_next_round(self) -> float:
+        """A retry period, or less when another holder's shard Lease expires sooner (on this replica's clock):
+        the round that takes it comes as it expires, not up to a retry period later."""
+        wait = self.settings.retry_period
+        prefix = f"{self.settings.prefix}-shard-"
+        now = self.clock()
+        for name, record in self._listed.items():
+            seen = self._seen.get(name)
+            if name.startswith(prefix) and record.holder and record.holder != self.identity and seen is not None:
+                expires = seen.at + record.lease_duration - now
+                if expires >= 0:
+                    wait = min(wait, expires + EXPIRY_MARGIN)
+        return wait
 
     async def stop(self) -> None:
         """Stops renewing and releases every Lease held, so others take over within a retry period."""

@@ -325,6 +325,24 @@ async def test_a_dead_holders_shards_are_taken_at_expiry_when_the_survivors_are_
     assert sorted(len(r.elector.held()) for r in (*survivors, newcomer)) == [2, 3, 3]
 
 
+async def test_the_round_after_a_dead_holders_lease_expires_comes_as_it_expires(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """Rounds come every retry period, but the one that takes a dead holder's shard comes when its Lease
+    expires on this replica's clock, not up to a retry period later: a SIGKILL's takeover is the lease
+    duration plus how late this replica saw the last renew, not plus a round on top."""
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a, b], clock, 4)
+    assert b.elector._until_next_round() == SETTINGS.retry_period  # every Lease renewed: nothing expires soon
+    seen = clock.now - SETTINGS.retry_period  # b's round that saw a's last renews (a died after it)
+    await rounds([b], clock, 1)
+    clock.now = seen + SETTINGS.lease_duration - 0.7  # 0.7 s before they expire, on b's clock
+    assert abs(b.elector._until_next_round() - (0.7 + election.EXPIRY_MARGIN)) < 1e-6
+    clock.now += b.elector._until_next_round()
+    await b.round()
+    assert b.elector.held() == [0, 1, 2, 3]
+
+
 async def step_until(
     replicas: list[Replica], clock: Clock, done: collections.abc.Callable[[], bool], *, limit: float = 60.0
 ) -> float:
