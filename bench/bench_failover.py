@@ -229,6 +229,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=60.0, help="seconds of each API-request window")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILL failovers")
     parser.add_argument("--every", type=int, default=60, help="the Schedules' period, seconds (default 60)")
+    parser.add_argument("--keep", type=pathlib.Path, help="copy the replicas' logs and the journal here at the end")
     return parser.parse_args()
 
 
@@ -238,9 +239,12 @@ def main() -> None:
     print(benchlib.environment("kopf", "kubernetes_asyncio", "apscheduler"))
     with (
         tempfile.TemporaryDirectory(prefix="schedulezero-bench-") as directory,
+        contextlib.ExitStack() as stack,
         controlplane.running() as (plane, cluster),
         bench_operator.running_handler(pathlib.Path(directory), "--journal", f"{directory}/journal.jsonl") as handler,
     ):
+        if args.keep is not None:  # copied at the end, however it ends
+            stack.callback(shutil.copytree, directory, args.keep, dirs_exist_ok=True)
         bench_operator.prepare(cluster, handler.endpoint)
         pids = {process.name: process.popen.pid for process in plane.processes}
         replicas = Replicas(cluster, pathlib.Path(directory), args.shards)
@@ -316,6 +320,8 @@ def main() -> None:
     headers = ["fault", "runs due", "missing", "delivered twice", "re-sent", "executed twice"]
     print(benchlib.markdown_table(headers, [judge(w, sent, items, args.every) for w in windows]))
     print(f"operator log lines at ERROR: {warnings}")
+    if args.keep is not None:
+        print(f"logs and the delivery journal kept in {args.keep}")
 
 
 if __name__ == "__main__":
