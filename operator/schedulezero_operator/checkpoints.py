@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from schedulezero_operator import election, engine, inputs, kubeapi
+from schedulezero_operator import election, engine, inputs, kubeapi, runs, status
 from schedulezero_operator.sinks import ScheduleKey
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _entries(progress: dict[str, engine.Progress]) -> dict[str, list[Any]]:
     entries: dict[str, list[Any]] = {}
     for uid, p in sorted(progress.items()):
         if p.records:
-            entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight], list(p.records)]
+            entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight], packed_records(uid, p.records)]
         elif p.in_flight:
             entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight]]
         elif p.last_scheduled is not None:
@@ -72,10 +72,77 @@ def _entries(progress: dict[str, engine.Progress]) -> dict[str, list[Any]]:
     return entries
 
 
+PACKED_FIELDS = 10
+"""A handed-over run record's fields, in order: scheduled (Unix milliseconds), outcome and attempts, then
+(trailing ones left out when empty) start (milliseconds after scheduled), duration (milliseconds after
+start), result, error, endpoint, trigger (empty: the schedule's) and run id (empty: the one the operator
+derives from the Schedule's uid and the scheduled time)."""
+
+
+def packed_records(uid: str, records: tuple[dict[str, Any], ...]) -> list[list[Any]]:
+    """Run records (as status renders them) as a checkpoint holds them: about half the size, so that a
+    shard's final checkpoint has room for the records of a long status backlog."""
+    packed = []
+    for record in records:
+        scheduled = status.parse_rfc3339(record.get("scheduledTime"))
+        run_id = record.get("runId")
+        at, start, finish = (
+            _ms(status.parse_rfc3339(record.get(k))) for k in ("scheduledTime", "startTime", "finishTime")
+        )
+        fields = [
+            at,
+            record.get("outcome"),
+            record.get("attempts", 0),
+            None if start is None or at is None else start - at,
+            None if finish is None or start is None else finish - start,
+            record.get("result"),
+            record.get("error"),
+            record.get("endpoint"),
+            None if record.get("trigger", "schedule") == "schedule" else record.get("trigger"),
+            None if scheduled is not None and run_id == str(runs.run_id(uid, scheduled)) else run_id,
+        ]
+        while fields[-1] is None:
+            fields.pop()
+        packed.append(fields)
+    return packed
+
+
+def unpacked_record(uid: str, packed: Any) -> Any:
+    """A packed run record back in the form status renders, for ``inputs`` to check; what cannot be one is
+    handed on as it is, and refused there."""
+    if not isinstance(packed, list) or not 3 <= len(packed) <= PACKED_FIELDS:
+        return packed
+    fields = [*packed, *[None] * (PACKED_FIELDS - len(packed))]
+    scheduled_ms, outcome, attempts, start_ms, finish_ms, result, error, endpoint, trigger, run_id = fields
+    try:
+        scheduled = _time(scheduled_ms)
+        start = None if start_ms is None else _time(scheduled_ms + start_ms)
+        finish = None if finish_ms is None or start_ms is None else _time(scheduled_ms + start_ms + finish_ms)
+    except (ValueError, TypeError, OverflowError, OSError):
+        return packed
+    record = {
+        "runId": run_id if run_id is not None else str(runs.run_id(uid, scheduled)),
+        "scheduledTime": status.rfc3339(scheduled),
+        "outcome": outcome,
+        "attempts": attempts,
+        "startTime": status.rfc3339(start),
+        "finishTime": status.rfc3339(finish),
+        "result": result,
+        "error": error,
+        "endpoint": endpoint,
+        "trigger": trigger,
+    }
+    return {key: value for key, value in record.items() if value is not None}
+
+
 def fitting_records(progress: dict[str, engine.Progress], room: int) -> tuple[dict[str, engine.Progress], list[str]]:
     """``progress`` with as many Schedules' run records as fit in ``room`` bytes of JSON (the Schedules with
     the fewest first), and the uids of those whose records did not fit."""
-    sizes = sorted((len(json.dumps(p.records, separators=(",", ":"))), uid) for uid, p in progress.items() if p.records)
+    sizes = sorted(
+        (len(json.dumps(packed_records(uid, p.records), separators=(",", ":"))), uid)
+        for uid, p in progress.items()
+        if p.records
+    )
     left, used = dict(progress), 0
     over: list[str] = []
     for size, uid in sizes:
@@ -121,7 +188,7 @@ def read_entries(text: str | None) -> tuple[dict[str, engine.Progress], int]:
             unreadable += 1
             continue
         # Run records are checked one by one against the Schedule at takeover (inputs.checked_progress).
-        handed = tuple(records[-2 * engine.MAX_UNWRITTEN :])
+        handed = tuple(unpacked_record(uid, packed) for packed in records[-2 * engine.MAX_UNWRITTEN :])
         progress[uid] = engine.Progress(last, tuple(sorted(set(in_flight))), handed)
     return progress, unreadable
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from schedulezero_operator import checkpoints, engine
+from schedulezero_operator import checkpoints, engine, runs
 from schedulezero_operator.sinks import ScheduleKey
 
 T = datetime.datetime(2026, 11, 30, 12, 0, 0, 250_000, tzinfo=datetime.UTC)
@@ -180,13 +180,35 @@ async def test_a_quiet_shards_checkpoint_is_written_again_after_the_refresh_howe
     assert checkpoints.decode(store.written[1]) == {"own": engine.Progress(T)}
 
 
+def test_handed_records_are_packed_to_half_and_read_back_as_status_shows_them() -> None:
+    uid = "uid-packed"
+    at = datetime.datetime(2026, 12, 3, 18, 0, tzinfo=datetime.UTC)
+    scheduled = {
+        "runId": str(runs.run_id(uid, at)), "scheduledTime": "2026-12-03T18:00:00.000Z", "outcome": "Succeeded",
+        "attempts": 1, "startTime": "2026-12-03T18:00:00.004Z", "finishTime": "2026-12-03T18:00:00.011Z",
+        "result": '"2026-12-03T18:00:00Z"', "endpoint": "tcp://198.18.130.7:5555",
+    }  # fmt: skip
+    asked = {"runId": "0f0e0d0c-0b0a-0908-0706-050403020100", "scheduledTime": "2026-12-03T18:00:05.000Z",
+             "outcome": "Failed", "attempts": 3, "error": {"type": "Timeout", "message": "no answer"},
+             "trigger": "run-now"}  # fmt: skip
+    progress = {uid: engine.Progress(at, (), (scheduled, asked))}
+    decoded = checkpoints.decode(checkpoints.encode(progress))[uid]
+    assert decoded.records == (scheduled, asked)
+    rendered = len(json.dumps([scheduled, asked], separators=(",", ":")))
+    assert len(json.dumps(checkpoints.packed_records(uid, (scheduled, asked)), separators=(",", ":"))) < 0.55 * rendered
+
+
 def test_run_records_fill_the_room_left_and_the_rest_are_named() -> None:
     """A final checkpoint carries unwritten run records up to its size limit; the Schedules whose records do
     not fit are named, so that their statuses are written before the shard is released."""
     record = {"runId": "r", "scheduledTime": "2026-01-01T00:00:00.000Z", "outcome": "Succeeded", "attempts": 1}
     at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     progress = {f"uid-{i}": engine.Progress(at, (), (record,) * (i + 1)) for i in range(4)}
-    room = sum(len(json.dumps([record] * n, separators=(",", ":"))) + 1 for n in (1, 2))  # two of four fit
+    packed = [
+        len(json.dumps(checkpoints.packed_records(f"uid-{n - 1}", (record,) * n), separators=(",", ":")))
+        for n in (1, 2)
+    ]
+    room = sum(size + 1 for size in packed)  # two of four fit
     kept, over = checkpoints.fitting_records(progress, room)
     assert sorted(over) == ["uid-2", "uid-3"]
     assert [bool(kept[f"uid-{i}"].records) for i in range(4)] == [True, True, False, False]
