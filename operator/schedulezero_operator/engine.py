@@ -719,8 +719,12 @@ class Engine:
             state.unowned_since = state.unowned_since or run_times[0]
             return
         state.unowned_since = None
+        # A time at or before lastScheduleTime was started or decided already: by a takeover's catch-up that
+        # ran while this fire waited in the queue (a busy loop), or by the previous owner, whose status says so.
+        last = state.history.last_schedule_time
         for nominal in run_times:
-            self._due(state, nominal)
+            if last is None or nominal > last:
+                self._due(state, nominal)
         if state.next_run_time is None:
             self._refresh(state)
 

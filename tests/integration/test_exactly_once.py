@@ -234,6 +234,47 @@ async def test_a_resend_after_a_takeover_lost_while_waiting_for_its_handler_is_n
     assert [(d.sender, d.resent) for d in sent] == [(IDENTITY, True)]
 
 
+async def test_a_time_the_timer_handed_out_before_a_takeover_is_not_sent_again_after_its_catch_up(
+    handler: Journalled, client: client_.Client
+) -> None:
+    """On a loaded replica the timer can hand a due time to the engine's firing queue while the shard is still
+    being taken over; the takeover's catch-up then starts that time (as a re-send: the previous holder may have
+    sent it), and the queued fire, looked at once the shard is owned, must not send it first-hand as well.
+    Here the timer's hand-over is held by hand until the takeover is done, as a busy loop holds it."""
+    ownership = Ownership(owned=False)
+    settings = engine_.EngineSettings(status_interval=0.2, identity=IDENTITY)
+    engine = engine_.Engine(
+        client=client, status_sink=MemorySink(), events=MemorySink(), settings=settings, owner=ownership
+    )
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.process.endpoint))
+    await engine.start()
+    timer = engine._scheduler
+    hand_over = timer._on_due
+    held: list[Any] = []
+    timer._on_due = held.extend
+    key = new_key()
+    created = grid_second() - datetime.timedelta(seconds=30)
+    last = grid_second() - datetime.timedelta(seconds=1)  # where the previous holder's status got to
+    try:
+        apply(engine, key, {"method": "tick", "schedule": "@every 1s"}, created=created,
+              status_={"lastScheduleTime": last.isoformat()})  # fmt: skip
+        await eventually(lambda: held, timeout=10)  # a time came due, and waits in the firing queue
+        [due] = held
+        nominal = due.job.next_run_time
+        ownership.owned = True
+        resend_until = now() + datetime.timedelta(seconds=1)  # the previous holder's fencing deadline
+        await engine.take_over([key], {}, resend_until=resend_until)
+        timer._on_due = hand_over
+        hand_over(held)
+        await eventually(lambda: nominal in handler.nominals(key), timeout=10)
+        await asyncio.sleep(1.5)
+    finally:
+        await engine.stop()
+    [sent] = [d for (_, at), d in handler.runs(key).items() if datetime.datetime.fromisoformat(at) == nominal]
+    assert [(d.sender, d.resent) for d in sent] == [(IDENTITY, True)]
+    assert not deliveries.double_fired(handler.runs(key))
+
+
 # -- every way a run ends is in status ------------------------------------------------------------
 
 
