@@ -12,8 +12,13 @@ joined meanwhile to watch its Lease expire from scratch.
 The rules are client-go's ``leaderelection``:
 
 - Expiry is judged on the candidate's own monotonic clock, from the moment it
-  last saw the Lease *change*, never from the holder's timestamps (clocks of
-  two machines do not agree; a monotonic interval on one does).
+  last saw the Lease *change* (clocks of two machines do not agree; a
+  monotonic interval on one does). The holder's own timestamp may date that
+  moment back, by a retry period at most: a round sees a renew up to a retry
+  period late, and the timestamp says by how much. However wrong the
+  holder's clock, the expiry is then at most a retry period early, which
+  the gap between the renew deadline and the lease duration leaves room for
+  (``ElectionSettings.backdating``).
 - Every write carries the Lease's ``resourceVersion``, so of two replicas
   trying to take a shard at once, the API server lets exactly one win.
 - Fencing: a holder owns a shard only while its last successful renew
@@ -71,6 +76,13 @@ class ElectionSettings:
     prefix: str = "schedulezero"
     """Lease names: PREFIX-shard-N, and PREFIX-member-IDENTITY for the heartbeats."""
 
+    @property
+    def backdating(self) -> float:
+        """The most a Lease's own timestamp may date back the moment another replica first saw it: a retry
+        period (how late a round sees a renew), and never more than half the gap between the renew deadline
+        and the lease duration, so that a holder is fenced well before anyone can judge its Lease expired."""
+        return min(self.retry_period, (self.lease_duration - self.renew_deadline) / 2)
+
     def __post_init__(self) -> None:
         if self.shards < 1:
             raise ValueError("shards must be at least 1")
@@ -86,7 +98,7 @@ class LeaseRecord:
     lease_duration: float
     transitions: int = 0
     renewed: str = ""
-    """The holder's renew time (RFC 3339): shown to people, never used to judge expiry."""
+    """The holder's renew time (RFC 3339): dates this version back by ``ElectionSettings.backdating`` at most."""
     version: str = ""
     """The object's resourceVersion: the precondition of every update."""
 
@@ -130,6 +142,12 @@ class _Seen:
     version: str
     at: float
     """Monotonic time at which this version was first seen."""
+    since: float | None = None
+    """Monotonic time from which its expiry counts: ``at``, dated back by the holder's timestamp (bounded)."""
+
+    @property
+    def written(self) -> float:
+        return self.at if self.since is None else self.since
 
 
 class Elector:
@@ -209,7 +227,7 @@ class Elector:
         for name, record in self._listed.items():
             seen = self._seen.get(name)
             if name.startswith(prefix) and record.holder and record.holder != self.identity and seen is not None:
-                expires = seen.at + record.lease_duration - now
+                expires = seen.written + record.lease_duration - now
                 if expires >= 0:
                     wait = min(wait, expires + EXPIRY_MARGIN)
         return wait
@@ -301,8 +319,17 @@ class Elector:
         """The moment this version of the Lease was first seen, on this replica's own clock."""
         seen = self._seen.get(name)
         if seen is None or seen.version != record.version:
-            seen = self._seen[name] = _Seen(record.version, self.clock())
+            now = self.clock()
+            seen = self._seen[name] = _Seen(record.version, now, now - self._age(record))
         return seen
+
+    def _age(self, record: LeaseRecord) -> float:
+        """How long ago its writer says this version was written, by the two wall clocks, trusted only up to
+        ``backdating``: a holder's clock far behind makes its Lease expire that much early at most."""
+        written, now = _seconds(record.renewed), _seconds(self._wall())
+        if written is None or now is None:
+            return 0.0
+        return min(max(now - written, 0.0), self.settings.backdating)
 
     def _orphaned(self, shard: int) -> bool:
         """Whether the shard's Lease, as last listed, names a holder that has not renewed it for a lease
@@ -313,7 +340,7 @@ class Elector:
 
     def _expired(self, name: str, record: LeaseRecord) -> bool:
         """Whether ``record`` has not changed for a lease duration, on this replica's own clock."""
-        return self.clock() - self._observe(name, record).at > record.lease_duration
+        return self.clock() - self._observe(name, record).written > record.lease_duration
 
     async def _renew(self, shard: int) -> None:
         name = self._shard_name(shard)
@@ -447,6 +474,13 @@ class Elector:
         log.info("shard %d lost: %s (holding %s)", shard, why, sorted(self.renewed))
         if self.on_lost is not None:
             self.on_lost(shard, why)
+
+
+def _seconds(rfc3339: str) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(rfc3339).timestamp() if rfc3339 else None
+    except ValueError:  # an edited Lease: not dated back
+        return None
 
 
 def _now_rfc3339() -> str:

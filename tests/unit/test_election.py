@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import dataclasses
+import datetime
 import os
 import subprocess
 import sys
@@ -25,6 +26,11 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self, *, behind: float = 0.0) -> collections.abc.Callable[[], str]:
+        """A wall clock moving with this one (replicas on one machine), or ``behind`` it by some seconds."""
+        epoch = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+        return lambda: (epoch + datetime.timedelta(seconds=self.now - behind)).isoformat()
 
 
 class MemoryLeases:
@@ -76,7 +82,13 @@ class Replica:
     """An Elector whose requests the store attributes to it (for cutting it off)."""
 
     def __init__(
-        self, store: MemoryLeases, clock: Clock, identity: str, settings: election.ElectionSettings = SETTINGS
+        self,
+        store: MemoryLeases,
+        clock: Clock,
+        identity: str,
+        settings: election.ElectionSettings = SETTINGS,
+        *,
+        behind: float = 0.0,
     ) -> None:
         self.store = store
         self.events: list[tuple[str, int]] = []
@@ -85,6 +97,7 @@ class Replica:
             identity=identity,
             settings=settings,
             clock=clock,
+            wall_clock=clock.wall(behind=behind),
             on_acquired=lambda shard: self.events.append(("acquired", shard)),
             on_lost=lambda shard, why: self.events.append(("lost", shard)),
         )
@@ -165,17 +178,18 @@ async def test_replicas_share_the_shards_and_a_joiner_gets_its_share(store: Memo
 
 
 async def test_expiry_is_judged_on_the_candidates_own_clock(store: MemoryLeases, clock: Clock) -> None:
-    """A holder's timestamps may come from a clock far off: only the time since a change was seen counts."""
+    """A holder's timestamps may come from a clock far off: they date the change back a retry period at most,
+    and otherwise only the time since the change was seen counts."""
     store.leases["schedulezero-shard-0"] = election.LeaseRecord(
         holder="gone", lease_duration=15, renewed="1999-01-01T00:00:00Z", version="7"
     )
     candidate = Replica(store, clock, "c")
     await candidate.round()
     assert 0 not in candidate.elector.held()  # first seen now: it may still be renewed
-    clock.now += 14
+    clock.now += 12.9
     await candidate.round()
     assert 0 not in candidate.elector.held()
-    clock.now += 2  # 16 s without a change, on the candidate's clock
+    clock.now += 0.2  # 13.1 s without a change, on the candidate's clock: 15.1 s, dated back by 2 s at most
     await candidate.round()
     assert 0 in candidate.elector.held()
     assert store.leases["schedulezero-shard-0"].transitions == 1
@@ -205,8 +219,13 @@ async def test_two_candidates_for_one_shard_cannot_both_win(store: MemoryLeases,
     assert store.leases["schedulezero-shard-0"].holder == "a"
 
 
-async def test_a_cut_off_holder_stops_before_anyone_can_take_over(store: MemoryLeases, clock: Clock) -> None:
-    holder, other = Replica(store, clock, "h"), Replica(store, clock, "o")
+@pytest.mark.parametrize("behind", [0.0, 60.0, -60.0], ids=["same-clock", "holder-clock-behind", "holder-clock-ahead"])
+async def test_a_cut_off_holder_stops_before_anyone_can_take_over(
+    store: MemoryLeases, clock: Clock, behind: float
+) -> None:
+    """However far off the holder's wall clock, which dates its renews, it is fenced before a Lease it can no
+    longer renew is judged expired."""
+    holder, other = Replica(store, clock, "h", behind=behind), Replica(store, clock, "o")
     await rounds([holder], clock, 1)
     await rounds([holder, other], clock, 3)
     taken_by_holder = holder.elector.held()
@@ -341,6 +360,25 @@ async def test_the_round_after_a_dead_holders_lease_expires_comes_as_it_expires(
     clock.now += b.elector._until_next_round()
     await b.round()
     assert b.elector.held() == [0, 1, 2, 3]
+
+
+async def test_a_renew_seen_a_round_late_is_dated_back_by_its_own_timestamp(store: MemoryLeases, clock: Clock) -> None:
+    """A survivor's rounds are not in step with the dead holder's: it saw the last renew up to a retry period
+    after it was written, and the renew's timestamp (one machine's clock here) says so, so the Lease expires a
+    lease duration after the renew itself rather than that much after the survivor happened to look."""
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a, b], clock, 4)
+    for _ in range(3):  # b's rounds now come 1.9 s after a's
+        await a.round()
+        clock.now += 1.9
+        await b.round()
+        clock.now += 0.1
+    died = clock.now - 2.0  # a's last renew: it is killed before its next round
+    while len(b.elector.held()) < SETTINGS.shards:
+        clock.now += b.elector._until_next_round()
+        await b.round()
+        assert clock.now - died < 2 * SETTINGS.lease_duration, "never taken over"
+    assert clock.now - died == pytest.approx(SETTINGS.lease_duration + election.EXPIRY_MARGIN)
 
 
 async def step_until(
