@@ -132,6 +132,11 @@ class LeaseStore(Protocol):
 
     async def delete(self, name: str) -> None: ...
 
+    async def watch(self, changed: Callable[[str, str | None], None]) -> None:
+        """Calls ``changed(name, holder)`` for each change to the election's Leases as it happens (the holder
+        None once released or deleted), starting with each Lease as it is, until the watch ends; the caller
+        then watches again."""
+
 
 EXPIRY_MARGIN = 0.05
 """Seconds after a Lease's expiry (on this replica's clock) that the round taking it comes."""
@@ -191,6 +196,9 @@ class Elector:
         """Per shard held, the resourceVersion of this replica's own last write of its Lease."""
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._woken: asyncio.Event | None = None
+        """Set when a watched Lease is released or deleted: the next round comes at once."""
 
     # -- what the engine asks -----------------------------------------------------
 
@@ -208,7 +216,10 @@ class Elector:
     # -- running ------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._woken = asyncio.Event()
+        self._task = loop.create_task(self._run())
+        self._watcher = loop.create_task(self._watch())
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -216,7 +227,31 @@ class Elector:
                 await self.round()
             except Exception:
                 log.exception("election round failed; retrying in %.1f s", self.settings.retry_period)
-            await asyncio.sleep(self._until_next_round())
+            await self._pause(self._until_next_round())
+
+    async def _pause(self, seconds: float) -> None:
+        """Until the next round: ``seconds``, or less if the watch sees a Lease released or a member gone."""
+        assert self._woken is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), seconds)
+        self._woken.clear()
+
+    async def _watch(self) -> None:
+        """Watches the Leases between rounds, so that a shard another replica releases (a rolling update, a
+        scale-down) is taken within a request's time rather than at this replica's next round, up to a
+        retry period later. The rounds alone stay correct: a watch that fails only costs that time."""
+        while not self._stopping:
+            try:
+                await self.store.watch(self._changed)
+            except Exception as error:
+                log.debug(
+                    "watching the Leases failed (%s); watching again in %.1f s", error, self.settings.retry_period
+                )
+                await asyncio.sleep(self.settings.retry_period)
+
+    def _changed(self, name: str, holder: str | None) -> None:
+        if holder is None and self._woken is not None and name != self._member_name(self.identity):
+            self._woken.set()
 
     def _until_next_round(self) -> float:
         """A retry period, or less when another holder's shard Lease expires sooner (on this replica's clock):
@@ -235,15 +270,16 @@ class Elector:
     async def stop(self) -> None:
         """Stops renewing and releases every Lease held, so others take over within a retry period."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        running = [task for task in (self._task, self._watcher) if task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         # The member Lease goes first: the others' next round counts this replica gone, so their fair share
         # already has room for the shards it releases (counted live, it held them back until it was gone).
         with contextlib.suppress(Exception):
             await self.store.delete(self._member_name(self.identity))
-        for shard in sorted(self.renewed):
-            await self._release(shard)
+        # All at once: each shard's final checkpoint and release wait for none of the others'.
+        await asyncio.gather(*(self._release(shard) for shard in sorted(self.renewed)))
 
     async def round(self) -> None:
         """One round: heartbeat, count the live, renew, give up the excess, take free shards."""

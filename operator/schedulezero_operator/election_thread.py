@@ -10,8 +10,8 @@ whatever the operator's loop is doing.
 
 The election's requests go through an API client of its own and outside the
 operator's API budget: they are few and bounded (per retry period, a
-heartbeat, a list of the members and a renewal per shard held) and must never
-wait. What the election decides reaches the operator's loop as callbacks; the
+heartbeat, a list of the members and a renewal per shard held, and one watch
+of the Leases) and must never wait. What the election decides reaches the operator's loop as callbacks; the
 engine's fencing (``Elector.owns_shard``) reads the renew times directly,
 which needs no lock.
 """
@@ -49,6 +49,9 @@ class NotConnected:
         raise RuntimeError("the election's Lease store is not connected yet")
 
     async def delete(self, name: str) -> None:
+        raise RuntimeError("the election's Lease store is not connected yet")
+
+    async def watch(self, changed: Callable[[str, str | None], None]) -> None:
         raise RuntimeError("the election's Lease store is not connected yet")
 
 

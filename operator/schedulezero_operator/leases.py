@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import json
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
@@ -13,6 +15,8 @@ from schedulezero_operator import election, kubeapi
 MEMBER_LABEL = "schedulezero.io/member"
 """On the replicas' heartbeat Leases, so they can be listed apart from the shards'."""
 SHARD_LABEL = "schedulezero.io/shard"
+WATCH_SECONDS = 300
+"""How long one watch request of the Leases lasts (server side) before it is made again."""
 
 
 class KubeLeases(kubeapi.ElectionStore):
@@ -64,6 +68,27 @@ class KubeLeases(kubeapi.ElectionStore):
         listed = await self._api.list_namespaced_lease(self.namespace, _request_timeout=self._timeout)
         mine = (f"{self._prefix}-member-", f"{self._prefix}-shard-")  # not another installation's in this namespace
         return {lease.metadata.name: _record(lease) for lease in listed.items if lease.metadata.name.startswith(mine)}
+
+    async def watch(self, changed: Callable[[str, str | None], None]) -> None:
+        """One watch request of the namespace's Leases, read as raw JSON lines (a handful of events a second:
+        the renews), reporting those of this election."""
+        mine = (f"{self._prefix}-member-", f"{self._prefix}-shard-")
+        response = await self._api.list_namespaced_lease(
+            self.namespace, watch=True, timeout_seconds=WATCH_SECONDS, _preload_content=False,
+            _request_timeout=WATCH_SECONDS + 30,
+        )  # fmt: skip
+        try:
+            async for line in response.content:
+                event = json.loads(line)
+                if event.get("type") == "ERROR":  # e.g. 410 Gone: the caller watches again from now
+                    return
+                lease = event.get("object") or {}
+                name = str((lease.get("metadata") or {}).get("name", ""))
+                if name.startswith(mine):
+                    holder = (lease.get("spec") or {}).get("holderIdentity")
+                    changed(name, None if event.get("type") == "DELETED" else holder or None)
+        finally:
+            response.release()
 
     async def delete(self, name: str) -> None:
         try:

@@ -5,6 +5,7 @@ The same Elector runs against the real API server in tests/e2e/test_ha.py."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import collections.abc
 import dataclasses
@@ -42,6 +43,12 @@ class MemoryLeases:
         self.down: set[str] = set()
         """Identities whose requests fail, as if cut off from the API server."""
         self.caller = ""
+        self.watchers: list[collections.abc.Callable[[str, str | None], None]] = []
+
+    def _tell(self, name: str) -> None:
+        record = self.leases.get(name)
+        for changed in self.watchers:
+            changed(name, record.holder if record is not None else None)
 
     def _check(self) -> None:
         if self.caller in self.down:
@@ -60,6 +67,7 @@ class MemoryLeases:
         if name in self.leases:
             raise election.Conflict(name)
         self.leases[name] = self._stored(record)
+        self._tell(name)
         return self.leases[name]
 
     async def update(self, name: str, record: election.LeaseRecord) -> election.LeaseRecord:
@@ -67,6 +75,7 @@ class MemoryLeases:
         if name not in self.leases or self.leases[name].version != record.version:
             raise election.Conflict(name)
         self.leases[name] = self._stored(record)
+        self._tell(name)
         return self.leases[name]
 
     async def list_all(self) -> dict[str, election.LeaseRecord]:
@@ -76,6 +85,14 @@ class MemoryLeases:
     async def delete(self, name: str) -> None:
         self._check()
         self.leases.pop(name, None)
+        self._tell(name)
+
+    async def watch(self, changed: collections.abc.Callable[[str, str | None], None]) -> None:
+        self.watchers.append(changed)
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self.watchers.remove(changed)
 
 
 class Replica:
@@ -260,29 +277,33 @@ async def test_a_stopped_replica_hands_its_shards_over_at_the_next_round(store: 
     assert b.elector.held() == [0, 1, 2, 3]
 
 
-async def test_a_stopping_replicas_shards_are_taken_while_it_still_releases_the_rest(
+async def test_a_stopping_replica_hands_all_its_shards_over_at_once_and_the_others_take_them_at_one_round(
     store: MemoryLeases, clock: Clock
 ) -> None:
     """8 shards over 3 replicas (3, 3, 2): the others are at their share while the stopping replica counts as
-    live. Its final checkpoints take a moment per shard, and the others' rounds come meanwhile: they find it
-    gone already (its member Lease is deleted first), so each shard it has released is taken at once."""
+    live. It deletes its member Lease first, so the others' next round has room for every shard it releases;
+    and it writes its final checkpoints all at once, so no release waits for another shard's checkpoint."""
     settings = dataclasses.replace(SETTINGS, shards=8)
     replicas = [Replica(store, clock, name, settings) for name in "abc"]
     await rounds(replicas, clock, 4)
     leaving = next(r for r in replicas if len(r.elector.held()) == 3)
     others = [r for r in replicas if r is not leaving]
     released = leaving.elector.held()
+    writing: list[int] = []
+    overlapped: list[bool] = []
 
-    async def others_round(shard: int) -> None:  # the others' rounds, while this replica writes a checkpoint
-        for replica in others:
-            await replica.round()
-        store.caller = leaving.elector.identity
+    async def final_checkpoint(shard: int) -> None:
+        writing.append(shard)
+        await asyncio.sleep(0.01)  # the write's request
+        overlapped.append(len(writing) == len(released))
 
-    leaving.elector.before_release = others_round
+    leaving.elector.before_release = final_checkpoint
     store.caller = leaving.elector.identity
     await leaving.elector.stop()
+    assert overlapped == [True] * len(released), "a final checkpoint waited for another shard's"
+    await rounds(others, clock, 1)
     taken = {shard for replica in others for shard in replica.elector.held()}
-    assert set(released[:-1]) <= taken, f"released {released}, taken meanwhile {sorted(taken)}"
+    assert set(released) <= taken, f"released {released}, taken at the next round {sorted(taken)}"
 
 
 async def test_a_holder_late_for_its_renew_takes_its_shard_again_rather_than_resuming(
@@ -379,6 +400,31 @@ async def test_a_renew_seen_a_round_late_is_dated_back_by_its_own_timestamp(stor
         await b.round()
         assert clock.now - died < 2 * SETTINGS.lease_duration, "never taken over"
     assert clock.now - died == pytest.approx(SETTINGS.lease_duration + election.EXPIRY_MARGIN)
+
+
+async def test_a_released_shard_is_taken_at_once_not_at_the_next_round(store: MemoryLeases) -> None:
+    """Rounds a minute apart: a replica stopping (a rolling update) releases its shard, and the other, watching
+    the Leases, takes it within moments rather than at its next round."""
+    settings = election.ElectionSettings(shards=1, lease_duration=180, renew_deadline=120, retry_period=60)
+    holder, other = (election.Elector(store, identity=name, settings=settings) for name in ("h", "o"))
+    holder.start()
+    other.start()
+    try:
+        await waiting_for(lambda: holder.held() == [0] and store.watchers)
+        await asyncio.sleep(0.2)  # both past their first round, the next a minute away
+        assert other.held() == []
+        await holder.stop()
+        await waiting_for(lambda: other.held() == [0], within=10.0)
+    finally:
+        await other.stop()
+
+
+async def waiting_for(done: collections.abc.Callable[[], object], *, within: float = 10.0) -> None:
+    for _ in range(int(within / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within} s")
 
 
 async def step_until(
