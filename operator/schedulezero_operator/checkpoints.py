@@ -366,11 +366,12 @@ class Checkpointer:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stops, writing the owned shards' last changes first (a graceful handover)."""
+        """Stops the periodic writes. A graceful handover writes nothing here: each shard's final checkpoint
+        (``hand_over``) is written as the election releases it, all shards at once, and a write here first
+        would only hold the releases back by a request per shard."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
 
     async def _run(self) -> None:
         while True:

@@ -210,8 +210,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
-        # A graceful handover: stop firing and let runs finish, checkpoint, then release the Leases
-        # (renewed until then), so that others take over at their next round rather than at expiry.
+        # A graceful handover: stop firing and let runs finish, then release the Leases (renewed until then),
+        # each right after its shard's final checkpoint, so that others take over at once rather than at expiry.
         # Statuses not written yet are not written here: their run records go to the next owners in the
         # final checkpoints, so the Leases are released at once (but for the records there is no room for).
         await runtime.prober.stop()

@@ -215,3 +215,27 @@ def test_run_records_fill_the_room_left_and_the_rest_are_named() -> None:
     decoded = checkpoints.decode(checkpoints.encode(kept))
     assert decoded["uid-1"].records == (record, record)
     assert decoded["uid-3"].last_scheduled == at
+
+
+async def test_a_graceful_stop_writes_each_shard_once_its_final_checkpoint_as_it_is_released() -> None:
+    """Stopping writes nothing of its own: each shard's final checkpoint, written as the election releases the
+    shard, has everything a write at the stop would, and a write before it would hold the release back."""
+    keys = [ScheduleKey("ns", f"s{i}") for i in range(3)]
+    store = Recording()
+    writer = checkpoints.Checkpointer(
+        store,
+        progress=lambda key, records=False: (key.name, engine.Progress(T, (T,))),
+        shard_of=lambda key: int(key.name[1:]),
+        owns_shard=lambda shard: True,
+    )
+    writer.start()
+    for key in keys:
+        writer.track(key)
+        writer.changed(key)
+    await writer.stop()
+    assert store.written == []
+    for shard in range(3):
+        await writer.hand_over(shard)
+    assert [checkpoints.decode(content) for content in store.written] == [
+        {f"s{shard}": engine.Progress(T, (T,))} for shard in range(3)
+    ]
