@@ -401,8 +401,15 @@ class Elector:
             return  # retried next round; ownership fades at the renew deadline if this keeps up
         self._seen[name] = _Seen(renewed.version, self.clock())
         if shard in self.renewed:
-            self.renewed[shard] = started
             self._written[shard] = renewed.version
+            if not self.owns_shard(shard):
+                # The renew deadline passed while the request was under way (a slow API server, a starved
+                # replica): fenced meanwhile, the shard fired nothing. Resuming it would lose those times for
+                # good; dropped and taken again at once (the Lease is as this replica left it), its takeover
+                # catches them up.
+                self._drop(shard, f"renewed only after {self.settings.renew_deadline:.0f} s")
+                return
+            self.renewed[shard] = started
 
     async def _try_acquire(self, shard: int) -> None:
         name = self._shard_name(shard)
