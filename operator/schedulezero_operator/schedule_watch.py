@@ -57,6 +57,9 @@ class ScheduleWatch:
     """Lists and watches the Schedules of ``namespaces`` (every namespace when empty), one task each.
 
     ``listed`` is set once each namespace's first list has been delivered.
+    Each namespace's watch holds one of the API client's pooled connections
+    (100 by default, shared with the operator's writes) for as long as it
+    lasts.
     """
 
     def __init__(
