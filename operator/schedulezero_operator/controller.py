@@ -1,13 +1,16 @@
 """The kopf operator: Schedules and Handlers from the Kubernetes API into the engine.
 
-Watch events (``kopf.on.event``) feed the engine, which is idempotent: the
-initial listing after a start restores every Schedule from its status and
-catches up, a status write of our own comes back as an event that changes
-nothing, and a deletion stops future runs. No handler needs a finalizer or
-kopf's progress annotations, so deleting a Schedule never waits for the
-operator, and the operator writes nothing but status and Events on
-Schedules and Handlers (and, for the election, its own Leases and checkpoint
-ConfigMaps in its namespace).
+Watch events feed the engine: the Handlers' and EndpointSlices' through kopf
+(``kopf.on.event``), the Schedules' through a watch of the operator's own
+(``schedule_watch``), since every replica receives every Schedule's every
+status write and kopf's per-event machinery cost more than the engine's work
+on it. The engine is idempotent: the initial listing after a start restores
+every Schedule from its status and catches up, a status write of our own
+comes back as an event that changes nothing, and a deletion stops future
+runs. No handler needs a finalizer or kopf's progress annotations, so
+deleting a Schedule never waits for the operator, and the operator writes
+nothing but status and Events on Schedules and Handlers (and, for the
+election, its own Leases and checkpoint ConfigMaps in its namespace).
 
 Several replicas share the work by shard (``election``): each watches
 everything and keeps every Schedule's trigger warm, and acts (fires, writes
@@ -20,6 +23,7 @@ import asyncio
 import copy
 import dataclasses
 import datetime
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -38,6 +42,7 @@ from schedulezero_operator import (
     leases,
     probe,
     replicas,
+    schedule_watch,
     status,
 )
 from schedulezero_operator import engine as engine_
@@ -71,7 +76,7 @@ class ControllerSettings:
     per_schedule_histograms: bool = False
     """A run-duration histogram per Schedule as well as per handler and method: 17 more series per Schedule."""
     watch_timeout: int = 300
-    """Seconds a watch request lasts before kopf renews it (server side); the client gives up a bit later."""
+    """Seconds a watch request lasts before it is renewed (server side); the client gives up a bit later."""
     ha: election.ElectionSettings = dataclasses.field(default_factory=election.ElectionSettings)
     """Shards and Lease timing."""
     identity: str = "schedulezero-operator"
@@ -114,6 +119,8 @@ class Runtime:
     """How each Handler is called (CURVE or not) and the keys the operator issues for it."""
     joined: asyncio.Task[None] | None = None
     """Lists the Schedules, waits for them, then enters the election."""
+    watch: schedule_watch.ScheduleWatch | None = None
+    """The Schedules' list and watch, feeding ``_schedule_event``; started once the engine runs."""
     handlers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Last Handler status written, by namespace/name."""
     specs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -188,7 +195,8 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         settings.peering.standalone = True
         settings.peering.mandatory = False
         # Watches are renewed deliberately, so a silently dropped connection
-        # (an API server restart behind a load balancer) cannot stall us.
+        # (an API server restart behind a load balancer) cannot stall us. These are for the Handlers and
+        # EndpointSlices; the Schedules' own watch (schedule_watch.py) renews itself the same way.
         settings.watching.server_timeout = config.watch_timeout
         settings.watching.client_timeout = config.watch_timeout + 30
         settings.watching.connect_timeout = 10
@@ -210,6 +218,9 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
+        # No Schedule event from here on: what the engine stops with is what it hands over.
+        if runtime.watch is not None:
+            await runtime.watch.stop()
         # A graceful handover: stop firing and let runs finish, then release the Leases (renewed until then),
         # each right after its shard's final checkpoint, so that others take over at once rather than at expiry.
         # Statuses not written yet are not written here: their run records go to the next owners in the
@@ -227,39 +238,6 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
         await runtime.client.close()
         await runtime.api.close()
-
-    @kopf.on.event(GROUP, VERSION, "schedules", id="schedules", registry=registry)
-    async def schedule_event(
-        event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
-    ) -> None:
-        assert namespace is not None  # both resources are namespaced
-        runtime: Runtime = memo.runtime
-        key = ScheduleKey(namespace, name)
-        runtime.listing.saw(key)
-        if event["type"] == "DELETED":
-            runtime.engine.remove_schedule(key)
-            runtime.status_sink.seen(key, None)
-            runtime.checkpointer.forget(key)
-            runtime.uids.pop(("Schedule", namespace, name), None)
-            return
-        runtime.checkpointer.track(key)
-        meta = body["metadata"]
-        runtime.uids["Schedule", namespace, name] = meta["uid"]
-        runtime.status_sink.seen(key, meta.get("resourceVersion"))
-        runtime.engine.apply_schedule(
-            key,
-            uid=meta["uid"],
-            spec=body.get("spec") or {},  # the event's own objects: the engine copies what it keeps
-            created=_timestamp(meta.get("creationTimestamp")),
-            generation=meta.get("generation"),
-            status_=body.get("status") or {},
-        )
-        annotations = meta.get("annotations") or {}
-        if runtime.owns(namespace, name):
-            if annotations.get(kubeapi.RUN_NOW_ANNOTATION):
-                runtime.engine.run_now(key, str(annotations[kubeapi.RUN_NOW_ANNOTATION]))
-            backfill = annotations.get(kubeapi.BACKFILL_ANNOTATION)
-            runtime.engine.backfill(key, str(backfill) if backfill else None)  # None: cancels one still running
 
     @kopf.on.event(GROUP, VERSION, "handlers", id="handlers", registry=registry)
     async def handler_event(
@@ -318,6 +296,38 @@ def _pods(runtime: Runtime, namespace: str, spec: dict[str, Any]) -> list[endpoi
     if spec.get("endpoint") or (namespace, str(service.get("name"))) not in runtime.slices.slices:
         return None
     return list(runtime.slices.endpoints(namespace, str(service.get("name")), int(service.get("port") or 0)))
+
+
+def _schedule_event(runtime: Runtime, kind: str, obj: dict[str, Any]) -> None:
+    """A Schedule's watch event (schedule_watch.py) into the engine; ``obj`` is the event's own object, which
+    the engine copies what it keeps of."""
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    key = ScheduleKey(namespace, name)
+    runtime.listing.saw(key)
+    if kind == "DELETED":
+        runtime.engine.remove_schedule(key)
+        runtime.status_sink.seen(key, None)
+        runtime.checkpointer.forget(key)
+        runtime.uids.pop(("Schedule", namespace, name), None)
+        return
+    runtime.checkpointer.track(key)
+    runtime.uids["Schedule", namespace, name] = meta["uid"]
+    runtime.status_sink.seen(key, meta.get("resourceVersion"))
+    runtime.engine.apply_schedule(
+        key,
+        uid=meta["uid"],
+        spec=obj.get("spec") or {},
+        created=_timestamp(meta.get("creationTimestamp")),
+        generation=meta.get("generation"),
+        status_=obj.get("status") or {},
+    )
+    annotations = meta.get("annotations") or {}
+    if runtime.owns(namespace, name):
+        if annotations.get(kubeapi.RUN_NOW_ANNOTATION):
+            runtime.engine.run_now(key, str(annotations[kubeapi.RUN_NOW_ANNOTATION]))
+        backfill = annotations.get(kubeapi.BACKFILL_ANNOTATION)
+        runtime.engine.backfill(key, str(backfill) if backfill else None)  # None: cancels one still running
 
 
 async def _publish(runtime: Runtime, namespace: str, name: str) -> None:
@@ -436,6 +446,13 @@ async def _start(config: ControllerSettings) -> Runtime:
         on_change=lambda namespace, name, now: _keys_changed(runtime, namespace, name, now),
         interval=config.key_check_interval,
     )
+    runtime.watch = schedule_watch.ScheduleWatch(
+        api.api_client,
+        on_event=functools.partial(_schedule_event, runtime),
+        namespaces=config.namespaces,
+        timeout=config.watch_timeout,
+    )
+    runtime.watch.start()
     runtime.joined = asyncio.get_running_loop().create_task(_join(runtime, config))
     log.info(
         "operator %s: %s, Leases %s-shard-N in %s",

@@ -1,14 +1,14 @@
 """When a replica enters the election: once it has seen every Schedule that existed when it started.
 
-kopf delivers a replica's initial listing as one event per Schedule, on the
-loop that also catches a shard up when the replica takes it. A replica that
-took shards before that listing was through would hold Schedules it had not
-seen, and its takeover would wait behind the rest of the listing: half a
-minute at 10,000 Schedules on two cores, during which nobody fires them.
-Staying out of the election until then (no heartbeat, so the others do not
-count it in their fair share either) lets the replicas that already know every
-Schedule take a departing replica's shards within a retry period; the newcomer
-takes its share once it joins.
+The Schedule watch (``schedule_watch``) delivers a replica's initial listing
+as one event per Schedule, on the loop that also catches a shard up when the
+replica takes it. A replica that took shards before that listing was through
+would hold Schedules it had not seen, and its takeover would wait behind the
+rest of the listing: half a minute at 10,000 Schedules on two cores, during
+which nobody fires them. Staying out of the election until then (no
+heartbeat, so the others do not count it in their fair share either) lets
+the replicas that already know every Schedule take a departing replica's
+shards within a retry period; the newcomer takes its share once it joins.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class JoinSettings:
     stall: float = 30.0
     """Join anyway once no listed Schedule has shown up for this long: one deleted between this replica's
-    list and kopf's never shows, and an operator that never joins would fire nothing."""
+    list and the watch's never shows, and an operator that never joins would fire nothing."""
     poll: float = 0.2
     """Seconds between looks at what the watch has delivered."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import secrets
@@ -178,11 +179,30 @@ class LocalControlPlane:
 
     def restart_apiserver(self, *, timeout: float = 120.0) -> None:
         """Stops and restarts kube-apiserver on the same port, keeping etcd (and so all objects)."""
+        with self.apiserver_stopped(timeout=timeout):
+            pass
+
+    @contextlib.contextmanager
+    def apiserver_stopped(self, *, timeout: float = 120.0) -> Iterator[None]:
+        """kube-apiserver stopped for the block (etcd keeps running), then started again on the same port."""
         apiserver = next(p for p in self.processes if p.name == "kube-apiserver")
         apiserver.stop()
         self.processes.remove(apiserver)
-        self._start_apiserver()
-        self._wait_ready(timeout)
+        try:
+            yield
+        finally:
+            self._start_apiserver()
+            self._wait_ready(timeout)
+
+    def etcd(self, method: str, body: dict[str, object]) -> dict[str, object]:
+        """A call to etcd's JSON gateway (``kv/deleterange``, ``kv/compaction``...): what the API server stores,
+        changed behind its back, as only an outage or etcd's own compaction would."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.etcd_port}/v3/{method}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer: dict[str, object] = json.loads(response.read())
+            return answer
 
     def stop(self) -> None:
         for process in reversed(self.processes):
