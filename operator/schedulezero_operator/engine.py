@@ -524,7 +524,14 @@ class Engine:
                 last = state.history.last_schedule_time
                 if progress.last_scheduled is not None and (last is None or progress.last_scheduled > last):
                     state.history.last_schedule_time = progress.last_scheduled
-                state.history.unfinished = sorted({*state.history.unfinished, *progress.in_flight})
+                # The checkpoint is the later word on what is in flight: a time the status showed active (a
+                # status written while the run ran, its later writes still waiting in the budget) that the
+                # checkpoint has passed without listing it in flight has ended, and is not sent again.
+                checked = progress.last_scheduled
+                status_active = [
+                    t for t in state.history.unfinished if checked is None or t > checked or t in progress.in_flight
+                ]
+                state.history.unfinished = sorted({*status_active, *progress.in_flight})
                 self._adopt_records(state, progress.records)
             if (refused := inputs.refused(state.history)) is not None:
                 self._event(key, warning=True, reason="StatusRefused", message=refused)

@@ -275,6 +275,38 @@ async def test_a_time_the_timer_handed_out_before_a_takeover_is_not_sent_again_a
     assert not deliveries.double_fired(handler.runs(key))
 
 
+async def test_a_run_the_status_shows_active_but_the_checkpoint_has_passed_is_not_sent_again(
+    handler: Journalled, client: client_.Client
+) -> None:
+    """Statuses lag behind the API budget: the status a new owner reads can show a run active that ended long
+    ago, its later writes still waiting. The previous owner's checkpoint, written since, has passed that time
+    without listing it in flight, so the takeover does not send it again (a re-send after the reply cache has
+    let the reply go would run it twice)."""
+    ownership = Ownership(owned=False)
+    settings = engine_.EngineSettings(status_interval=0.2, identity=IDENTITY)
+    engine = engine_.Engine(
+        client=client, status_sink=MemorySink(), events=MemorySink(), settings=settings, owner=ownership
+    )
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.process.endpoint))
+    await engine.start()
+    key = new_key()
+    created = grid_second() - datetime.timedelta(seconds=570)  # times every minute from then: the next in 30 s
+    ended = created + datetime.timedelta(minutes=6)  # ran then, its record not yet in any status
+    active = {"runId": str(runs.run_id(uid(key), ended)), "scheduledTime": ended.isoformat()}
+    stale = {"lastScheduleTime": ended.isoformat(), "active": [active]}
+    in_flight = created + datetime.timedelta(minutes=9)  # in flight at the previous owner's stop
+    try:
+        apply(engine, key, {"method": "tick", "schedule": "@every 60s", "catchUpPolicy": "All"}, created=created,
+              status_=stale)  # fmt: skip
+        ownership.owned = True
+        await engine.take_over([key], {uid(key): engine_.Progress(in_flight, (in_flight,))})
+        await eventually(lambda: handler.nominals(key), timeout=10)
+        await asyncio.sleep(1.0)
+    finally:
+        await engine.stop()
+    assert handler.nominals(key) == [in_flight]
+
+
 # -- every way a run ends is in status ------------------------------------------------------------
 
 
