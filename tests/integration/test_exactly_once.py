@@ -234,6 +234,17 @@ async def test_a_resend_after_a_takeover_lost_while_waiting_for_its_handler_is_n
     assert [(d.sender, d.resent) for d in sent] == [(IDENTITY, True)]
 
 
+async def standby(handler: Journalled, client: client_.Client, ownership: Ownership) -> engine_.Engine:
+    """A started engine acting only while ``ownership`` says so: a replica about to take a shard over."""
+    settings = engine_.EngineSettings(status_interval=0.2, identity=IDENTITY)
+    engine = engine_.Engine(
+        client=client, status_sink=MemorySink(), events=MemorySink(), settings=settings, owner=ownership
+    )
+    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.process.endpoint))
+    await engine.start()
+    return engine
+
+
 async def test_a_time_the_timer_handed_out_before_a_takeover_is_not_sent_again_after_its_catch_up(
     handler: Journalled, client: client_.Client
 ) -> None:
@@ -242,12 +253,7 @@ async def test_a_time_the_timer_handed_out_before_a_takeover_is_not_sent_again_a
     sent it), and the queued fire, looked at once the shard is owned, must not send it first-hand as well.
     Here the timer's hand-over is held by hand until the takeover is done, as a busy loop holds it."""
     ownership = Ownership(owned=False)
-    settings = engine_.EngineSettings(status_interval=0.2, identity=IDENTITY)
-    engine = engine_.Engine(
-        client=client, status_sink=MemorySink(), events=MemorySink(), settings=settings, owner=ownership
-    )
-    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.process.endpoint))
-    await engine.start()
+    engine = await standby(handler, client, ownership)
     timer = engine._scheduler
     hand_over = timer._on_due
     held: list[Any] = []
@@ -283,12 +289,7 @@ async def test_a_run_the_status_shows_active_but_the_checkpoint_has_passed_is_no
     without listing it in flight, so the takeover does not send it again (a re-send after the reply cache has
     let the reply go would run it twice)."""
     ownership = Ownership(owned=False)
-    settings = engine_.EngineSettings(status_interval=0.2, identity=IDENTITY)
-    engine = engine_.Engine(
-        client=client, status_sink=MemorySink(), events=MemorySink(), settings=settings, owner=ownership
-    )
-    engine.set_handler(NAMESPACE, "probe", engine_.HandlerInfo(handler.process.endpoint))
-    await engine.start()
+    engine = await standby(handler, client, ownership)
     key = new_key()
     created = grid_second() - datetime.timedelta(seconds=570)  # times every minute from then: the next in 30 s
     ended = created + datetime.timedelta(minutes=6)  # ran then, its record not yet in any status
