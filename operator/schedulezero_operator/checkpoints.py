@@ -56,15 +56,22 @@ RECORDS_OVERHEAD = 4
 """Bytes an entry grows by when it carries run records, besides the records (``,[],`` and the brackets)."""
 
 
-def encode(progress: dict[str, engine.Progress]) -> str:
-    return json.dumps({"version": 1, "schedules": _entries(progress)}, separators=(",", ":"))
+Packed = dict[str, list[list[Any]]]
+"""Schedules' run records as ``packed_records`` packs them, by uid: packed once, then both measured and
+written."""
 
 
-def _entries(progress: dict[str, engine.Progress]) -> dict[str, list[Any]]:
+def encode(progress: dict[str, engine.Progress], *, packed: Packed | None = None) -> str:
+    """The checkpoint of ``progress``; the run records of the uids in ``packed`` as packed there already."""
+    return json.dumps({"version": 1, "schedules": _entries(progress, packed or {})}, separators=(",", ":"))
+
+
+def _entries(progress: dict[str, engine.Progress], packed: Packed) -> dict[str, list[Any]]:
     entries: dict[str, list[Any]] = {}
     for uid, p in sorted(progress.items()):
         if p.records:
-            entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight], packed_records(uid, p.records)]
+            records = packed[uid] if uid in packed else packed_records(uid, p.records)
+            entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight], records]
         elif p.in_flight:
             entries[uid] = [_ms(p.last_scheduled), [_ms(t) for t in p.in_flight]]
         elif p.last_scheduled is not None:
@@ -135,11 +142,15 @@ def unpacked_record(uid: str, packed: Any) -> Any:
     return {key: value for key, value in record.items() if value is not None}
 
 
-def fitting_records(progress: dict[str, engine.Progress], room: int) -> tuple[dict[str, engine.Progress], list[str]]:
+def fitting_records(
+    progress: dict[str, engine.Progress], room: int, *, packed: Packed | None = None
+) -> tuple[dict[str, engine.Progress], list[str]]:
     """``progress`` with as many Schedules' run records as fit in ``room`` bytes of JSON (the Schedules with
-    the fewest first), and the uids of those whose records did not fit."""
+    the fewest first), and the uids of those whose records did not fit. The records are measured as
+    ``packed`` has them, or packed here."""
+    packed = packed if packed is not None else {}
     sizes = sorted(
-        (len(json.dumps(packed_records(uid, p.records), separators=(",", ":"))), uid)
+        (len(json.dumps(packed[uid] if uid in packed else packed_records(uid, p.records), separators=(",", ":"))), uid)
         for uid, p in progress.items()
         if p.records
     )
@@ -287,6 +298,7 @@ class Checkpointer:
         self._loaded: dict[int, dict[str, engine.Progress]] = {}
         self._task: asyncio.Task[None] | None = None
         self.oversized: set[int] = set()
+        self._finals: dict[int, tuple[str, dict[str, ScheduleKey], list[str]]] = {}
 
     def track(self, key: ScheduleKey) -> None:
         if key not in self._shards:
@@ -325,16 +337,20 @@ class Checkpointer:
     async def hand_over(self, shard: int) -> None:
         """Writes a shard's final checkpoint as it is given up: this replica no longer acts for it, and still
         holds its Lease, so the write is its last word on the shard and the next owner's first. It carries
-        the run records no status write has yet, so the replica need not write them before it lets go."""
+        the run records no status write has yet, so the replica need not write them before it lets go. A
+        checkpoint ``render_finals`` rendered at a stop is written as it is."""
         await self._write(shard, handing_over=True)
 
-    def overflow(self, owned: Callable[[int], bool]) -> list[ScheduleKey]:
-        """The Schedules of the ``owned`` shards whose unwritten run records the final checkpoints would have
-        no room for: their statuses are written before the shards are handed over."""
+    def render_finals(self, owned: Callable[[int], bool]) -> list[ScheduleKey]:
+        """Renders the final checkpoints of the ``owned`` shards at a stop, once the engine has stopped (so
+        nothing changes them any more), and returns the Schedules whose unwritten run records they have no
+        room for: their statuses are written before the shards are handed over. Rendered once here, they
+        are not rendered again while the Leases wait to be released."""
+        self._finals.clear()
         over: list[ScheduleKey] = []
         for shard in sorted(self._members):
             if owned(shard):
-                _, keys, dropped = self._content(shard, records=True)
+                self._finals[shard] = _, keys, dropped = self._content(shard, records=True)
                 over += [keys[uid] for uid in dropped]
         return over
 
@@ -349,12 +365,13 @@ class Checkpointer:
                 progress[entry[0]], keys[entry[0]] = entry[1], key
         kept = believed(self._loaded.get(shard, {}), progress, now=engine.utcnow())
         dropped: list[str] = []
+        packed: Packed = {}
         if records:
+            packed = {uid: packed_records(uid, p.records) for uid, p in progress.items() if p.records}
             bare = {uid: dataclasses.replace(p, records=()) for uid, p in progress.items()}
-            carrying = sum(1 for p in progress.values() if p.records)
-            room = MAX_SIZE - len(encode(merge(kept, bare))) - RECORDS_OVERHEAD * carrying
-            progress, dropped = fitting_records(progress, room)
-        return encode(merge(kept, progress)), keys, dropped
+            room = MAX_SIZE - len(encode(merge(kept, bare))) - RECORDS_OVERHEAD * len(packed)
+            progress, dropped = fitting_records(progress, room, packed=packed)
+        return encode(merge(kept, progress), packed=packed), keys, dropped
 
     def adopted(self, shard: int) -> None:
         """The engine has taken the shard's Schedules over from the loaded checkpoint, checking every entry:
@@ -401,7 +418,8 @@ class Checkpointer:
 
     async def _write(self, shard: int, *, handing_over: bool = False) -> None:
         loaded = self._loaded.get(shard, {})
-        content, keys, dropped = self._content(shard, records=handing_over)
+        final = self._finals.pop(shard, None) if handing_over else None
+        content, keys, dropped = final or self._content(shard, records=handing_over)
         if dropped:
             log.warning(
                 "final checkpoint of shard %d: no room for the run records of %d Schedules; their statuses "

@@ -228,7 +228,7 @@ def build_registry(config: ControllerSettings) -> kopf.OperatorRegistry:
         await runtime.prober.stop()
         runtime.issuer.stop()
         await runtime.engine.stop(flush=False)
-        await runtime.engine.write_statuses(runtime.checkpointer.overflow(runtime.owns_shard))
+        await runtime.engine.write_statuses(runtime.checkpointer.render_finals(runtime.owns_shard))
         await runtime.checkpointer.stop()
         if runtime.joined is not None and not runtime.joined.done():  # stopped before it joined: nothing to give up
             runtime.joined.cancel()

@@ -239,3 +239,30 @@ async def test_a_graceful_stop_writes_each_shard_once_its_final_checkpoint_as_it
     assert [checkpoints.decode(content) for content in store.written] == [
         {f"s{shard}": engine.Progress(T, (T,))} for shard in range(3)
     ]
+
+
+async def test_a_stop_renders_each_final_checkpoint_once_and_writes_it_as_rendered() -> None:
+    """At a stop, the final checkpoints are rendered once, to find the run records they have no room for,
+    and written as rendered when the shards are released: rendering a shard's records again would hold
+    its release back for as long again, with the engine stopped and nothing to change them."""
+    record = {"runId": "r", "scheduledTime": "2026-11-30T12:00:00.250Z", "outcome": "Succeeded", "attempts": 1}
+    rendered: list[ScheduleKey] = []
+
+    def progress(key: ScheduleKey, *, records: bool = False) -> tuple[str, engine.Progress]:
+        if records:
+            rendered.append(key)
+        return key.name, engine.Progress(T, (), (record,) if records else ())
+
+    keys = [ScheduleKey("ns", f"s{i}") for i in range(4)]
+    store = Recording()
+    writer = checkpoints.Checkpointer(
+        store, progress=progress, shard_of=lambda key: int(key.name[1:]) % 2, owns_shard=lambda shard: True
+    )
+    for key in keys:
+        writer.track(key)
+    assert writer.render_finals(lambda shard: shard == 0) == []
+    for shard in (0, 1):  # shard 1 was not rendered at the stop (say, released by a rebalance): rendered now
+        await writer.hand_over(shard)
+    assert sorted(rendered) == sorted(keys)
+    assert [sorted(checkpoints.decode(content)) for content in store.written] == [["s0", "s2"], ["s1", "s3"]]
+    assert all(p.records == (record,) for content in store.written for p in checkpoints.decode(content).values())
