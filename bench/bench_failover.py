@@ -14,9 +14,10 @@ a quarter of an hour on two cores. It measures:
   differ: its cost does not grow with the Schedules;
 - shards per replica, each checkpoint's size, and checkpoint writes per second
   while runs happen;
-- failover: three times a replica holding shards is killed (SIGKILL) and a
-  new one started, then every replica is replaced in turn and stopped with
-  SIGTERM (a rolling update); for each shard moved, the time from the signal
+- failover: three times a new replica is started and, once it is ready
+  (``/readyz``), one holding shards is killed (SIGKILL); then every replica is
+  replaced in turn the same way and stopped with SIGTERM (a rolling update,
+  which waits for the new pod's readiness); for each shard moved, the time from the signal
   to the new owner's "took over" (its Schedules firing again), from the logs;
 - per fault, over its window (from the signal to a minute after the last
   takeover), counted at the handler from its delivery journal: the runs due,
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,10 +66,13 @@ class Replicas:
     def __init__(self, cluster: controlplane.Cluster, log_dir: pathlib.Path, shards: int) -> None:
         self.cluster, self.log_dir, self.shards = cluster, log_dir, shards
         self.all: list[benchlib.ServerProcess] = []
+        self.ports: dict[str, int] = {}
+        """Each replica's metrics port, which serves its ``/readyz``."""
 
     def start(self) -> benchlib.ServerProcess:
         name = f"replica-{len(self.all)}"
-        argv = [benchlib.SCHEDULEZERO, "operator", "-n", NAMESPACE, "--metrics-port", "0", "--liveness-port", "0",
+        self.ports[name] = port = benchlib.free_port()
+        argv = [benchlib.SCHEDULEZERO, "operator", "-n", NAMESPACE, "--metrics-port", str(port), "--liveness-port", "0",
                 "--shards", str(self.shards), "--status-interval", "10",
                 "--lease-prefix", PREFIX, "--identity", name]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
@@ -77,6 +82,16 @@ class Replicas:
         replica = benchlib.ServerProcess(name, popen, log)
         self.all.append(replica)
         return replica
+
+    def ready(self, replica: benchlib.ServerProcess) -> bool:
+        """Whether the replica's ``/readyz`` answers 200: it has seen every Schedule and entered the election."""
+        if replica.popen.poll() is not None:
+            raise RuntimeError(f"{replica.name} exited: {replica.output()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[replica.name]}/readyz", timeout=5) as answer:
+                return int(answer.status) == 200
+        except OSError:  # not listening yet, or 503
+            return False
 
     def live(self) -> list[benchlib.ServerProcess]:
         return [r for r in self.all if r.popen.poll() is None]
@@ -157,12 +172,11 @@ def checkpoint_sizes(cluster: controlplane.Cluster) -> dict[str, int]:
 
 
 def failover(replicas: Replicas, how: signal.Signals) -> tuple[list[float], float, float]:
-    """One replica holding shards stopped with ``how`` (a new one started first); seconds per shard moved,
-    and the signal's time and the last takeover's (Unix time)."""
+    """One replica holding shards stopped with ``how``, once a new one started first is ready (as a Deployment's
+    rolling update does); seconds per shard moved, and the signal's time and the last takeover's (Unix time)."""
     victim = next(r for r in replicas.live() if replicas.holding(r))
-    shards = replicas.holding(victim)
-    replicas.start()
-    time.sleep(5)  # the new replica is up and heartbeating
+    newcomer = replicas.start()
+    wait(f"{newcomer.name} ready", lambda: replicas.ready(newcomer), 300)
     shards = replicas.holding(victim)
     since = time.time()
     if how is signal.SIGKILL:

@@ -40,7 +40,17 @@ class Listing:
     def __init__(self, settings: JoinSettings | None = None) -> None:
         self.settings = settings or JoinSettings()
         self.complete = False
+        self.listed: int | None = None
+        """How many Schedules were listed at start, once the list is back."""
         self._seen: set[ScheduleKey] = set()
+
+    def progress(self) -> str:
+        """Where the wait stands, in a line (for ``/readyz``)."""
+        if self.complete:
+            return "saw every Schedule listed at start"
+        if self.listed is None:
+            return "listing the Schedules"
+        return f"saw {len(self._seen)} of the {text.count(self.listed, 'Schedule')} listed at start"
 
     def saw(self, key: ScheduleKey) -> None:
         """Called for every Schedule event; kept only until the listing is complete."""
@@ -60,6 +70,7 @@ class Listing:
             reason = getattr(error, "reason", None) or error
             log.warning("could not list the Schedules (%s); joining the election without waiting for them", reason)
             expected = set()
+        self.listed = len(expected)
         missing = expected - self._seen
         progress, last = len(missing), time.monotonic()
         while missing and time.monotonic() - last < self.settings.stall:

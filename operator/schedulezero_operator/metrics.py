@@ -36,6 +36,10 @@ from schedulezero_operator.sinks import ScheduleKey
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
+Readiness = Callable[[], tuple[bool, str]]
+"""Whether the replica is ready, and a line saying why (or why not). Called from the server's thread, so it
+reads only plain attributes."""
+
 
 class OperatorMetrics:
     """All operator metrics, in a registry of their own (one per engine).
@@ -164,9 +168,12 @@ class OperatorMetrics:
         self._fixed.register(_ElectionCollector(elector))
         return HaMetrics(self._fixed)
 
-    def serve(self, *, port: int, address: str = "0.0.0.0") -> http.server.ThreadingHTTPServer:
-        """Serves ``/metrics`` from a background thread; returns the server (``shutdown()`` stops it)."""
-        server = _MetricsServer((address, port), render=self.render)
+    def serve(
+        self, *, port: int, address: str = "0.0.0.0", readiness: Readiness | None = None
+    ) -> http.server.ThreadingHTTPServer:
+        """Serves ``/metrics`` (and ``/readyz`` when given ``readiness``) from a background thread; returns the
+        server (``shutdown()`` stops it)."""
+        server = _MetricsServer((address, port), render=self.render, readiness=readiness)
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
 
@@ -174,24 +181,33 @@ class OperatorMetrics:
 class _MetricsServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], *, render: Callable[[], bytes]) -> None:
+    def __init__(self, address: tuple[str, int], *, render: Callable[[], bytes], readiness: Readiness | None) -> None:
         super().__init__(address, _MetricsRequest)
         self.render = render
+        self.readiness = readiness
 
 
 class _MetricsRequest(http.server.BaseHTTPRequestHandler):
-    """GET (any path) answers the metrics, gzipped when asked: Prometheus always asks, and at 100,000
-    Schedules the text is tens of megabytes. Level 1: most of the saving for a fraction of the time."""
+    """GET ``/readyz`` answers the readiness (200 or 503, with its reason); any other path the metrics,
+    gzipped when asked: Prometheus always asks, and at 100,000 Schedules the text is tens of megabytes.
+    Level 1: most of the saving for a fraction of the time."""
 
     server: _MetricsServer
 
     def do_GET(self) -> None:
+        if self.path == "/readyz" and self.server.readiness is not None:
+            ready, why = self.server.readiness()
+            self._answer(200 if ready else 503, f"{why}\n".encode(), {"Content-Type": "text/plain"})
+            return
         body = self.server.render()
         headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
         if "gzip" in (self.headers.get("Accept-Encoding") or ""):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        self.send_response(200)
+        self._answer(200, body, headers)
+
+    def _answer(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(code)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))

@@ -17,7 +17,9 @@ import pathlib
 import re
 import signal
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -53,7 +55,7 @@ class Replicas:
         self.prefix = f"ha-{namespace}"
         self.all: list[Operator] = []
 
-    def start(self, *, kubeconfig: pathlib.Path | None = None) -> Operator:
+    def start(self, *, kubeconfig: pathlib.Path | None = None, metrics_port: int = 0) -> Operator:
         index = len(self.all)
         replica = Operator(
             kubeconfig or self.kubeconfig,
@@ -61,6 +63,7 @@ class Replicas:
             "--namespace",
             self.namespace,
             lease_prefix=self.prefix,
+            metrics_port=metrics_port,
             extra=("--shards", str(SHARDS), "--status-interval", "5", "--identity", f"replica-{index}"),
         ).start()
         self.all.append(replica)
@@ -197,8 +200,9 @@ def test_a_replica_takes_shards_only_once_it_has_seen_every_schedule(
     tmp_path: pathlib.Path,
 ) -> None:
     """A replica still receiving its initial listing would take over Schedules it has not seen, and fire
-    them only once the listing is through; it stays out of the election until then, so a rolling update's
-    departing replica hands its shards to a replica that knows them, and the newcomer joins after."""
+    them only once the listing is through; it stays out of the election until then, and reports ready
+    (``/readyz``) only once in it. A rolling update waits for that before it stops an old replica (as here), so
+    the departing replica's shards go to replicas that know every Schedule."""
     replicas = Replicas(system_kubeconfigs["operator"], namespace, tmp_path)
     count = 800
     try:
@@ -212,8 +216,11 @@ def test_a_replica_takes_shards_only_once_it_has_seen_every_schedule(
             return sorted(owners.values()) == [2, 2]
 
         waiting.eventually(shared, timeout=90)
-        newcomer = replicas.start()
-        assert first.stop() == 0, first.output()[-3000:]  # a rolling update: the old one goes as the new one starts
+        port = controlplane.free_port()
+        newcomer = replicas.start(metrics_port=port)
+        answers = readiness_until_ready(f"http://127.0.0.1:{port}/readyz", newcomer)
+        readied = time.time()
+        assert first.stop() == 0, first.output()[-3000:]  # a rolling update: the old one goes once the new is ready
         waiting.eventually(lambda: "replica-2" in replicas.holders(cluster).values(), timeout=90)
         waiting.eventually(lambda: "replica-0" not in replicas.holders(cluster).values(), timeout=30)
     finally:
@@ -230,6 +237,32 @@ def test_a_replica_takes_shards_only_once_it_has_seen_every_schedule(
         assert match[1] == match[2] == str(count), lines[joined[0]]
         assert acquired, replica.output()[-3000:]
         assert joined[0] < acquired[0], "a shard was taken before every Schedule was seen"
+    # Not ready while joining (the listing of 800 takes far longer than a poll), ready once in the election.
+    assert any(code == 503 and "joining the election" in body for code, body in answers), answers[:3]
+    assert answers[-1] == (200, "in the election"), answers[-3:]
+    joined_at = _logged(newcomer, JOINED.pattern)
+    assert joined_at, newcomer.output()[-3000:]
+    assert joined_at[0][0] <= readied, (joined_at, readied)
+
+
+def readiness_until_ready(url: str, replica: Operator) -> list[tuple[int, str]]:
+    """``/readyz`` polled from the replica's start until it answers 200: every (status, body) seen."""
+    answers: list[tuple[int, str]] = []
+
+    def ready() -> bool:
+        assert replica.popen is not None
+        assert replica.popen.poll() is None, replica.output()[-3000:]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                answers.append((response.status, response.read().decode().strip()))
+        except urllib.error.HTTPError as error:
+            answers.append((error.code, error.read().decode().strip()))
+        except OSError:  # not listening yet
+            return False
+        return answers[-1][0] == 200
+
+    waiting.eventually(ready, timeout=90, interval=0.02)
+    return answers
 
 
 # Takeover times for these tests' Lease timing (lease 6 s, renew deadline 4 s, retry 1 s). A SIGKILL's shards are

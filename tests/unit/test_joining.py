@@ -86,3 +86,17 @@ async def test_an_operator_that_cannot_list_joins_anyway_rather_than_never() -> 
     await controller._join(runtime, controller.ControllerSettings())  # type: ignore[arg-type]
     assert election.started
     assert runtime.listing.complete
+
+
+async def test_its_progress_says_what_it_waits_for() -> None:
+    gate = listing(stall=5.0)
+    assert gate.progress() == "listing the Schedules"
+    for key in sorted(KEYS)[:10]:
+        gate.saw(key)
+    waiting = asyncio.ensure_future(gate.wait(listed))
+    await asyncio.sleep(0.05)
+    assert gate.progress() == "saw 10 of the 50 Schedules listed at start"
+    for key in KEYS:
+        gate.saw(key)
+    await asyncio.wait_for(waiting, 1.0)
+    assert gate.progress() == "saw every Schedule listed at start"
