@@ -98,6 +98,9 @@ class _Connection:
         socket: zmq.Socket[bytes] = zmq.Socket(context, zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.IMMEDIATE, 1)
+        # No high-water mark on replies: they are bounded by this client's own calls in flight, and a
+        # reply with no room would be dropped by the handler, its call retried or failed for nothing.
+        socket.setsockopt(zmq.RCVHWM, 0)
         heartbeat_ms = int(settings.heartbeat_interval * 1000)
         socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
@@ -175,10 +178,15 @@ class _Connection:
                 log.exception("connection listener failed for %s", self.endpoint)
 
     def _lost(self, waiting: list[asyncio.Future[protocol.Reply]], error: errors.CallError) -> None:
-        self.replies.drain()
+        self.replies.read_held()
         for future in waiting:
             if not future.done():
                 future.set_exception(error)
+
+    def _expire(self, future: asyncio.Future[protocol.Reply], wait: float) -> None:
+        self.replies.read_held()  # its reply may have come while replies were held
+        if not future.done():
+            future.set_exception(errors.DeadlineExceeded(f"no reply from {self.endpoint} within {wait:.1f} s"))
 
     def _waiting(self) -> list[asyncio.Future[protocol.Reply]]:
         return [future for futures in self.pending.values() for future in futures]
@@ -204,7 +212,7 @@ class _Connection:
         try:
             await self._send(frames, future, deadline)
             # One timer per attempt; asyncio.timeout costs several objects per call.
-            timer = loop.call_at(deadline, _expire, future, self.endpoint, wait)
+            timer = loop.call_at(deadline, self._expire, future, wait)
             reply = await future
         finally:
             if timer is not None:
@@ -259,11 +267,6 @@ def _encode(call: protocol.Call, max_size: int) -> list[bytes]:
     return frames
 
 
-def _expire(future: asyncio.Future[protocol.Reply], endpoint: str, wait: float) -> None:
-    if not future.done():
-        future.set_exception(errors.DeadlineExceeded(f"no reply from {endpoint} within {wait:.1f} s"))
-
-
 def context_for(handlers: int) -> zmq.Context[Any]:
     """A context for talking to many handlers: three ZeroMQ sockets each (the DEALER and both ends
     of its monitor), beyond libzmq's default limit of 1,023 sockets per context."""
@@ -282,6 +285,7 @@ class Client:
         self._curves: dict[str, security.CurveClient | None] = {}
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
+        self._holds = 0
         self.on_connection: Callable[[str, bool], None] | None = None
         """Told when a connection to an endpoint is made (True) or lost (False): a prompt sign of a pod
         that went away or came back, long before a probe interval ends."""
@@ -303,8 +307,31 @@ class Client:
                 )
             except zmq.ZMQError as error:  # a malformed endpoint: fails the call, like any unreachable handler
                 raise errors.Unavailable(f"cannot connect to {endpoint!r}: {error}") from None
+            if self._holds:
+                connection.replies.hold()
             self._connections[endpoint] = connection
         return connection
+
+    def hold_replies(self) -> None:
+        """Sends go before replies until the matching ``release_replies``: replies that arrive meanwhile
+        wait in their sockets, so a burst of calls goes out before any of its runs resumes and records.
+
+        A call whose deadline comes during a hold reads its connection's replies first; holds are counted,
+        so several bursts in one process share them.
+        """
+        self._holds += 1
+        if self._holds == 1:
+            for connection in self._connections.values():
+                connection.replies.hold()
+
+    def release_replies(self) -> None:
+        """Ends one ``hold_replies``; the replies that waited are handled once every hold has ended."""
+        if self._holds == 0:
+            return
+        self._holds -= 1
+        if self._holds == 0:
+            for connection in self._connections.values():
+                connection.replies.release()
 
     def _connection_state(self, endpoint: str, up: bool) -> None:
         if self.on_connection is not None:

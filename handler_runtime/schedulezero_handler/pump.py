@@ -45,8 +45,27 @@ class SocketPump:
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
         self._closed = False
+        self._held = False
         self._loop.add_reader(socket.FD, self.drain)
         self.kick()
+
+    def hold(self) -> None:
+        """Leaves arrived messages in the socket until ``release``: a caller sending a burst sends it
+        before it handles the replies, which would otherwise take turns with the sends on the loop.
+
+        Nothing is lost meanwhile as long as the socket's receive high-water mark has room: a caller
+        holding replies sets none (``RCVHWM`` 0), as its replies are bounded by its own calls.
+        """
+        if not self._held and not self._closed:
+            self._held = True
+            self._loop.remove_reader(self.socket.FD)
+
+    def release(self) -> None:
+        """Handles the messages that arrived during a ``hold``, and reads as before."""
+        if self._held and not self._closed:
+            self._held = False
+            self._loop.add_reader(self.socket.FD, self.drain)
+            self.kick()
 
     def send(self, frames: list[bytes]) -> None:
         """Sends without waiting; raises zmq.Again when the socket cannot take it now."""
@@ -74,18 +93,30 @@ class SocketPump:
             self._loop.call_soon(self.drain)
 
     def drain(self) -> None:
-        """Handles every message that has arrived (up to a batch)."""
+        """Handles every message that has arrived (up to a batch), unless held."""
         self._scheduled = False
-        if self._closed:
+        if self._closed or self._held:
             return
+        if not self._read(BATCH):
+            self.kick()  # more are waiting: let other work run first
+
+    def read_held(self) -> None:
+        """Handles every message that has arrived, even during a ``hold``: for a caller about to give up
+        on a reply, which may be among them."""
+        if not self._closed:
+            while not self._read(BATCH):
+                pass
+
+    def _read(self, limit: int) -> bool:
+        """Handles up to ``limit`` messages; True once the socket has none left."""
         recv = self.socket.recv
-        for _ in range(BATCH):
+        for _ in range(limit):
             # Until the socket says Again: that also re-arms its descriptor. Frames rather
             # than bytes, for their `more` flag: asking the socket for RCVMORE costs more.
             try:
                 frame = recv(_LAST, copy=False)
             except zmq.Again:
-                return
+                return True
             frames = [frame.bytes]
             while frame.more:
                 frame = recv(_LAST, copy=False)
@@ -99,11 +130,12 @@ class SocketPump:
                 self._on_message(frames)
             except Exception:
                 log.exception("a message could not be handled")
-        self.kick()  # more are waiting: let other work run first
+        return False
 
     def close(self, *, linger: int = 0) -> None:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self.socket.FD)
+        if not self._held:
+            self._loop.remove_reader(self.socket.FD)
         self.socket.close(linger=linger)

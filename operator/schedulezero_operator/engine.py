@@ -57,6 +57,11 @@ MAX_UNWRITTEN = inputs.MAX_HANDED_RECORDS
 under a status backlog of many runs, and a status keeps 3 of each kind by default."""
 BURST_BATCH = 256
 """Due Schedules looked at per turn of the event loop: in a burst, a batch's calls are sent before the next."""
+QUIET_PER_CALL = 50e-6
+"""Seconds a burst's bookkeeping waits per call sent, about what a handler takes to start a call: the engine
+stays off the CPU while the handlers start the burst (they may share the operator's cores)."""
+MAX_QUIET = 0.25
+"""Longest such wait, whatever the burst's size."""
 
 
 def utcnow() -> datetime.datetime:
@@ -235,8 +240,8 @@ class Engine:
         self._drained = asyncio.Event()
         """Set while no burst is being fired: runs ending meanwhile record their outcome after it."""
         self._drained.set()
-        self._collector_held = False
-        """Whether this engine holds the garbage collector off for a burst being fired."""
+        self._burst_held = False
+        """Whether this engine holds the garbage collector and the client's replies off for a burst being fired."""
         self._settling: list[tuple[timer.Due, timer.Advanced]] = []
         """Due jobs fired in the burst under way, to move in the job store once its calls are out."""
         self._started = time.monotonic()
@@ -277,7 +282,7 @@ class Engine:
         self._firing.clear()  # not looked at: not started, so the next owner (or this one, restarted) catches up
         self._settling.clear()
         self._drained.set()
-        self._release_collector()
+        self._release_burst()
         active = [run for state in self._schedules.values() for run in state.active.values() if run.task]
         if active:
             _, late = await asyncio.wait([run.task for run in active if run.task], timeout=self.settings.stop_grace)
@@ -653,14 +658,17 @@ class Engine:
     def _fire(self, due: list[timer.Due]) -> None:
         """The timer's hand-over of every job due at its wake-up: queued, and looked at batch by batch.
 
-        The burst holds the garbage collector off (``collector.py``) until its calls have been sent.
+        The burst holds the garbage collector off (``collector.py``) until its calls have been sent, and
+        the client's replies: the replies to its first calls would otherwise resume their runs between
+        the burst's sends, and the last call would leave after the first runs' records were made.
         """
         self._firing.extend(due)
         if self._drained.is_set():
             self._drained.clear()
-            if not self._collector_held:
-                self._collector_held = True
+            if not self._burst_held:
+                self._burst_held = True
                 collector.hold()
+                self.client.hold_replies()
             asyncio.get_running_loop().call_soon(self._drain)
 
     def _drain(self) -> None:
@@ -693,8 +701,13 @@ class Engine:
             loop.call_soon(self._burst_sent)
 
     def _burst_sent(self) -> None:
-        """The burst's calls are out: its jobs move to their next times, and the timer and collector resume;
-        the next-run gauges follow, and the Schedules' next runs are prepared."""
+        """The burst's calls are out: its jobs move to their next times and the timer resumes at once.
+
+        The rest waits while the handlers start the burst's calls, for a large burst: the next-run gauges,
+        the preparation of each Schedule's next run, the collector and the replies. None of it is due
+        before the next times, which are seconds away at the least; done at once, it took the CPU from
+        the handlers while they still had the burst's last calls to start.
+        """
         settling, self._settling = self._settling, []
         for due, advanced in settling:
             try:
@@ -702,17 +715,27 @@ class Engine:
             except Exception:  # its Schedule's timer is lost, not the others'
                 log.exception("%s: not rescheduled", due.job.id)
         self._scheduler.resume()
-        self._release_collector()
-        for due, _ in settling:
+        if len(settling) < BURST_BATCH:
+            self._after_burst(settling)
+        else:
+            quiet = min(MAX_QUIET, QUIET_PER_CALL * len(settling))
+            asyncio.get_running_loop().call_later(quiet, self._after_burst, settling)
+
+    def _after_burst(self, settled: list[tuple[timer.Due, timer.Advanced]]) -> None:
+        """The collector and the replies resume (unless another burst holds them), the next-run gauges
+        follow, and the Schedules' next runs are prepared."""
+        self._release_burst()
+        for due, _ in settled:
             state = self._schedules.get(_job_key(due.job.id))
             if state is not None:
                 self._show_next_run(state)
                 self._prepare(state)
 
-    def _release_collector(self) -> None:
-        if self._collector_held and self._drained.is_set():
-            self._collector_held = False
+    def _release_burst(self) -> None:
+        if self._burst_held and self._drained.is_set():
+            self._burst_held = False
             collector.release()
+            self.client.release_replies()
 
     def _fire_now(self, due: timer.Due, advanced: timer.Advanced) -> None:
         run_times = advanced.run_times

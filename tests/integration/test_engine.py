@@ -686,9 +686,10 @@ async def test_a_burst_of_a_thousand_same_instant_runs_all_run_once_despite_busy
 async def test_a_burst_moves_every_schedule_to_its_next_time_once_and_lets_the_garbage_collector_run_again(
     handler: processes.HandlerProcess, client: client_.Client
 ) -> None:
-    """Schedules due at one instant are fired in batches, the collector held off meanwhile; afterwards each
-    one's timer is at its next time (not due again, not lost), and the collector runs as before. Each run goes
-    out under its own run id, though it was worked out before its time."""
+    """Schedules due at one instant are fired in batches, the collector and the replies held off meanwhile:
+    every call goes out before any run of the burst handles its reply. Afterwards each one's timer is at its
+    next time (not due again, not lost), and the collector runs as before. Each run goes out under its own
+    run id, though it was worked out before its time."""
     fired_with_collector: list[bool] = []
     sink = MemorySink()
     engine = engine_.Engine(
@@ -720,3 +721,12 @@ async def test_a_burst_moves_every_schedule_to_its_next_time_once_and_lets_the_g
         for t in seen
     }
     assert {t["run"] for t in seen} == expected
+    first = [r for key in keys for r in records(engine, key) if r["scheduledTime"] == status_.rfc3339(instant)]
+    assert len(first) == count
+    assert all(r["outcome"] == "Succeeded" for r in first)
+    last_sent = max(datetime.datetime.fromisoformat(r["startTime"]) for r in first)
+    first_answered = min(datetime.datetime.fromisoformat(r["finishTime"]) for r in first)
+    assert last_sent <= first_answered
+    # The handler ran the first calls well before the last one went out: their replies could have come first.
+    first_run = min(t["at"] for t in seen if t["scheduled"] == status_.rfc3339(instant))
+    assert first_run < last_sent.timestamp()

@@ -109,7 +109,7 @@ class ProbeHandler(Handler):
             "attempt": call.attempt,
             "schedule": call.schedule,
         }
-        self.ticks.append(tick)
+        self.ticks.append({**tick, "at": time.time()})
         self._journal({**tick, "event": "start"})
         if seconds:
             await asyncio.sleep(seconds)
