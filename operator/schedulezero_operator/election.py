@@ -195,6 +195,8 @@ class Elector:
         self._written: dict[int, str] = {}
         """Per shard held, the resourceVersion of this replica's own last write of its Lease."""
         self._stopping = False
+        self._releasing: dict[int, asyncio.Task[None]] = {}
+        """Releases under way: a stop that cancels the round giving a shard up lets them finish."""
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._woken: asyncio.Event | None = None
@@ -278,8 +280,11 @@ class Elector:
         # already has room for the shards it releases (counted live, it held them back until it was gone).
         with contextlib.suppress(Exception):
             await self.store.delete(self._member_name(self.identity))
-        # All at once: each shard's final checkpoint and release wait for none of the others'.
-        await asyncio.gather(*(self._release(shard) for shard in sorted(self.renewed)))
+        # All at once: each shard's final checkpoint and release wait for none of the others'. A shard the
+        # cancelled round was giving up (a rebalance as the replica stops) is no longer held, but its release
+        # goes on: left half-done, its Lease would name this replica until it expired.
+        under_way = list(self._releasing.values())
+        await asyncio.gather(*(self._release(shard) for shard in sorted(self.renewed)), *under_way)
 
     async def round(self) -> None:
         """One round: heartbeat, count the live, renew, give up the excess, take free shards."""
@@ -483,6 +488,14 @@ class Elector:
         return self.clock() - seen.at <= self.settings.lease_duration
 
     async def _release(self, shard: int) -> None:
+        """Gives a shard up (``_let_go``) in a task of its own, which a cancelled round does not interrupt."""
+        task = self._releasing.get(shard)
+        if task is None:
+            task = self._releasing[shard] = asyncio.get_running_loop().create_task(self._let_go(shard))
+            task.add_done_callback(lambda _: self._releasing.pop(shard, None))
+        await asyncio.shield(task)
+
+    async def _let_go(self, shard: int) -> None:
         """Gives a shard up: an empty holder, so that another replica takes it at its next round.
 
         It stops acting for the shard first, then (while the Lease is still its own and fresh) lets

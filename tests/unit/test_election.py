@@ -531,6 +531,35 @@ async def test_a_lease_edited_under_its_holder_fences_the_holder_at_once(store: 
     assert ("lost", 0) in a.events
 
 
+async def test_a_shard_being_given_up_as_the_replica_stops_is_released_rather_than_left_to_expire(
+    store: MemoryLeases, clock: Clock
+) -> None:
+    """A rolling update: a new replica joins, and the old one, giving its excess up to it, is stopped while a
+    shard's final checkpoint is still being written. The stop cancels that round, but not the release: the
+    shard is handed over with its checkpoint, not left naming the stopped replica for a lease duration."""
+    a, b = Replica(store, clock, "a"), Replica(store, clock, "b")
+    await rounds([a], clock, 1)
+    await b.round()  # b is a member now: a's next round gives two shards up
+    writing, written = asyncio.Event(), []
+
+    async def final_checkpoint(shard: int) -> None:
+        writing.set()
+        await asyncio.sleep(0.05)  # the write's request
+        written.append(shard)
+
+    a.elector.before_release = final_checkpoint
+    store.caller = a.elector.identity
+    a.elector.start()  # its first round comes at once, and gives the excess up
+    await writing.wait()
+    await a.stop()
+    assert {name: lease.holder for name, lease in store.leases.items() if "-shard-" in name} == {
+        f"{SETTINGS.prefix}-shard-{shard}": None for shard in range(4)
+    }
+    assert sorted(written) == [0, 1, 2, 3]  # each one's final checkpoint, the interrupted round's included
+    await rounds([b], clock, 1)
+    assert b.elector.held() == [0, 1, 2, 3]
+
+
 async def test_a_shard_given_up_has_its_final_checkpoint_written_after_it_stops_acting_and_before_the_release(
     store: MemoryLeases, clock: Clock
 ) -> None:
