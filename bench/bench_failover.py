@@ -183,7 +183,7 @@ def failover(replicas: Replicas, how: signal.Signals) -> tuple[list[float], floa
         victim.popen.kill()
     else:
         victim.popen.send_signal(how)
-    victim.popen.wait(600)  # a graceful stop writes its pending statuses first: minutes at 10,000 Schedules
+    victim.popen.wait(600)  # a graceful stop: seconds, its unwritten records handed over in the final checkpoints
     wait("takeover", lambda: set(takeovers(replicas, since)) >= set(shards), 120)
     moved = takeovers(replicas, since)
     print(f"  {how.name}: {victim.name} held {shards}; taken over after "
