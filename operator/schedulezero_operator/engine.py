@@ -58,8 +58,8 @@ under a status backlog of many runs, and a status keeps 3 of each kind by defaul
 BURST_BATCH = 256
 """Due Schedules looked at per turn of the event loop: in a burst, a batch's calls are sent before the next."""
 QUIET_PER_CALL = 50e-6
-"""Seconds a burst's bookkeeping waits per call sent, about what a handler takes to start a call: the engine
-stays off the CPU while the handlers start the burst (they may share the operator's cores)."""
+"""Seconds a burst's preparation of the next runs waits per call sent, about what a handler takes to start
+a call: the engine stays off the CPU while the handlers start the burst (they may share the operator's cores)."""
 MAX_QUIET = 0.25
 """Longest such wait, whatever the burst's size."""
 
@@ -701,12 +701,13 @@ class Engine:
             loop.call_soon(self._burst_sent)
 
     def _burst_sent(self) -> None:
-        """The burst's calls are out: its jobs move to their next times and the timer resumes at once.
+        """The burst's calls are out: its jobs move to their next times, and the timer, the collector and the
+        replies resume at once (a reply held longer would keep its run active, and under Forbid the next time
+        would wait for it).
 
-        The rest waits while the handlers start the burst's calls, for a large burst: the next-run gauges,
-        the preparation of each Schedule's next run, the collector and the replies. None of it is due
-        before the next times, which are seconds away at the least; done at once, it took the CPU from
-        the handlers while they still had the burst's last calls to start.
+        For a large burst, the next-run gauges and the preparation of each Schedule's next run wait while the
+        handlers start the burst's calls: none of it is due before the next times, and done at once it took
+        the CPU from the handlers while they still had the burst's last calls to start.
         """
         settling, self._settling = self._settling, []
         for due, advanced in settling:
@@ -715,6 +716,7 @@ class Engine:
             except Exception:  # its Schedule's timer is lost, not the others'
                 log.exception("%s: not rescheduled", due.job.id)
         self._scheduler.resume()
+        self._release_burst()
         if len(settling) < BURST_BATCH:
             self._after_burst(settling)
         else:
@@ -722,9 +724,7 @@ class Engine:
             asyncio.get_running_loop().call_later(quiet, self._after_burst, settling)
 
     def _after_burst(self, settled: list[tuple[timer.Due, timer.Advanced]]) -> None:
-        """The collector and the replies resume (unless another burst holds them), the next-run gauges
-        follow, and the Schedules' next runs are prepared."""
-        self._release_burst()
+        """The next-run gauges follow, and the Schedules' next runs are prepared."""
         for due, _ in settled:
             state = self._schedules.get(_job_key(due.job.id))
             if state is not None:
