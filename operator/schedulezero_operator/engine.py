@@ -226,7 +226,8 @@ class Engine:
         self._owns = owner or _always
         """Whether this engine acts for a Schedule now (its shard's Lease is held and fresh)."""
         self._on_progress = on_progress
-        """Told when a Schedule's Progress changes, for checkpoints."""
+        """Told whenever a Schedule's Progress changes: a checkpoint renders again only the entries it was told
+        of (and a few more in turn, in case)."""
         self.settings = settings or EngineSettings()
         self.metrics = metrics or OperatorMetrics()
         self._events = events
@@ -800,6 +801,7 @@ class Engine:
         )  # fmt: skip
         if times:
             state.history.last_schedule_time = times[-1]
+            self._progressed(state.key)
         for nominal in missed:
             self._record_unrun(state, nominal, status.Outcome.MISSED, "not started in time (operator down)")
         state.history.counters["missed"] += total - len(times)
@@ -927,12 +929,14 @@ class Engine:
         if state.waiting is None or state.active or self._schedules.get(state.key) is not state:
             return
         nominal, state.waiting = state.waiting, None
+        self._progressed(state.key)
         if self._start(state, nominal) is None and not self._owns(state.key):
             log.debug("%s: run of %s left to the new owner", state.key, status.rfc3339(nominal))
 
     def _drop_waiting(self, state: ScheduleState, why: str) -> None:
         if state.waiting is not None:
             nominal, state.waiting = state.waiting, None
+            self._progressed(state.key)
             self._record_unrun(state, nominal, status.Outcome.SKIPPED, why)
 
     def _replace(self, state: ScheduleState) -> None:

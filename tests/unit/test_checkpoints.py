@@ -266,3 +266,64 @@ async def test_a_stop_renders_each_final_checkpoint_once_and_writes_it_as_render
     assert sorted(rendered) == sorted(keys)
     assert [sorted(checkpoints.decode(content)) for content in store.written] == [["s0", "s2"], ["s1", "s3"]]
     assert all(p.records == (record,) for content in store.written for p in checkpoints.decode(content).values())
+
+
+class Shard:
+    """A shard's Schedules and their progress as an engine holds it, counting what the checkpoint asks."""
+
+    def __init__(self, count: int) -> None:
+        self.keys = [ScheduleKey("ns", f"s{i:05d}") for i in range(count)]
+        self.uids = {key: str(uuid.uuid4()) for key in self.keys}
+        self.progress = {key: engine.Progress(T) for key in self.keys}
+        self.asked = 0
+
+    def __call__(self, key: ScheduleKey, *, records: bool = False) -> tuple[str, engine.Progress] | None:
+        self.asked += 1
+        return (self.uids[key], self.progress[key]) if key in self.progress else None
+
+    def expected(self) -> dict[str, engine.Progress]:
+        return checkpoints.decode(checkpoints.encode({self.uids[k]: p for k, p in self.progress.items()}))
+
+
+async def test_a_write_renders_only_the_changed_schedules_and_holds_every_schedules_progress() -> None:
+    """At 12,000 Schedules a shard, a write every second that rendered every entry held the event loop for a
+    tenth of a second each time, and the runs due then were late by as much. A write renders the changed
+    entries and ``REVISIT`` more, and its checkpoint is the same as one rendered whole."""
+    shard, store = Shard(12_000), Recording()
+    writer = checkpoints.Checkpointer(store, progress=shard, shard_of=lambda key: 0, owns_shard=lambda shard: True)
+    for key in shard.keys:
+        writer.track(key)
+    await writer.load(0)
+    writer.adopted(0)
+    await writer.flush()
+    assert checkpoints.decode(store.written[-1]) == shard.expected()
+    for step in range(1, 6):
+        later = T + datetime.timedelta(seconds=step)
+        changed = shard.keys[step * 100 : step * 100 + 30]
+        for key in changed:
+            shard.progress[key] = engine.Progress(later, (later,))
+            writer.changed(key)
+        gone = shard.keys[-step]
+        del shard.progress[gone]
+        writer.forget(gone)
+        shard.asked = 0
+        await writer.flush()
+        assert shard.asked <= len(changed) + checkpoints.REVISIT
+        assert checkpoints.decode(store.written[-1]) == shard.expected()
+
+
+async def test_a_change_the_engine_did_not_report_is_in_the_checkpoint_within_a_round_of_revisits() -> None:
+    shard, store = Shard(2_000), Recording()
+    writer = checkpoints.Checkpointer(store, progress=shard, shard_of=lambda key: 0, owns_shard=lambda shard: True)
+    for key in shard.keys:
+        writer.track(key)
+    await writer.load(0)
+    writer.adopted(0)
+    await writer.flush()
+    unreported = shard.keys[1_234]
+    shard.progress[unreported] = engine.Progress(T + datetime.timedelta(seconds=9))
+    writes = -(-len(shard.keys) // checkpoints.REVISIT)
+    for _ in range(writes):
+        writer.changed(shard.keys[0])
+        await writer.flush()
+    assert checkpoints.decode(store.written[-1]) == shard.expected()
