@@ -318,14 +318,23 @@ class Engine:
     # -- inputs -------------------------------------------------------------------
 
     def set_handler(self, namespace: str, name: str, info: HandlerInfo | None) -> None:
-        """A Handler appeared, changed (endpoint, probed methods) or, with None, went away."""
+        """A Handler appeared, changed (endpoint, probed methods) or, with None, went away.
+
+        Every probe lands here, and a Schedule's status is written only if what it
+        says about the Handler changed. A probe that found the Handler as it was
+        changes nothing a Schedule with a next run shows (its conditions depend on
+        the time only once no time is left), so only the others are looked at:
+        at 100,000 Schedules, recomputing every one held the event loop a second.
+        """
         if info is None:
-            self._handlers.pop((namespace, name), None)
+            previous = self._handlers.pop((namespace, name), None)
         else:
-            self._handlers[namespace, name] = info
+            previous, self._handlers[namespace, name] = self._handlers.get((namespace, name)), info
+        unchanged = info is not None and info == previous
         for key in self._by_handler.get((namespace, name), ()):
-            # Every probe lands here: a Schedule is written only if what it says about the Handler changed.
-            self._refresh(self._schedules[key], only_if_changed=True)
+            state = self._schedules[key]
+            if not (unchanged and state.next_run_time is not None):
+                self._refresh(state, only_if_changed=True)
 
     def apply_schedule(
         self,
