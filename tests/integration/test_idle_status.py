@@ -25,16 +25,22 @@ async def engine() -> AsyncIterator[tuple[engine_.Engine, MemorySink]]:
         await engine.stop()
 
 
+def idle_schedules(running: engine_.Engine, count: int) -> list[ScheduleKey]:
+    """``count`` Schedules ``@every 1h`` of a Handler that a probe found exposing their method."""
+    probed = engine_.HandlerInfo("tcp://127.0.0.1:9", methods=frozenset({"tick"}), reachable=True)
+    running.set_handler("idle", "probe", probed)
+    keys = [ScheduleKey("idle", f"s{i}") for i in range(count)]
+    for key in keys:
+        spec = {"handler": "probe", "method": "tick", "schedule": "@every 1h"}
+        assert running.apply_schedule(key, uid=f"uid-{key.name}", spec=spec, created=now()) is None
+    return keys
+
+
 async def test_probes_that_find_the_handler_as_it_was_write_no_status(
     engine: tuple[engine_.Engine, MemorySink],
 ) -> None:
     running, sink = engine
-    probed = engine_.HandlerInfo("tcp://127.0.0.1:9", methods=frozenset({"tick"}), reachable=True)
-    running.set_handler("idle", "probe", probed)
-    keys = [ScheduleKey("idle", f"s{i}") for i in range(20)]
-    for key in keys:
-        spec = {"handler": "probe", "method": "tick", "schedule": "@every 1h"}
-        assert running.apply_schedule(key, uid=f"uid-{key.name}", spec=spec, created=now()) is None
+    keys = idle_schedules(running, 20)
     await eventually(lambda: set(sink.statuses) == set(keys))
     await asyncio.sleep(0.5)
     written = sink.writes
@@ -56,12 +62,7 @@ async def test_a_probe_that_finds_the_handler_as_it_was_looks_only_at_schedules_
     second. A Schedule with a next run shows nothing a probe finding the Handler as it was can change; one
     whose times ran out still turns from NoTimeLeft to EndTimeReached on such a probe, once endTime passes."""
     running, sink = engine
-    probed = engine_.HandlerInfo("tcp://127.0.0.1:9", methods=frozenset({"tick"}), reachable=True)
-    running.set_handler("idle", "probe", probed)
-    keys = [ScheduleKey("idle", f"s{i}") for i in range(1_000)]
-    for key in keys:
-        spec = {"handler": "probe", "method": "tick", "schedule": "@every 1h"}
-        assert running.apply_schedule(key, uid=f"uid-{key.name}", spec=spec, created=now()) is None
+    keys = idle_schedules(running, 1_000)
     ending = ScheduleKey("idle", "ending")
     end = now() + datetime.timedelta(seconds=1)
     spec = {"handler": "probe", "method": "tick", "schedule": "@every 1h", "endTime": end.isoformat()}

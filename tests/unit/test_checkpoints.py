@@ -285,17 +285,23 @@ class Shard:
         return checkpoints.decode(checkpoints.encode({self.uids[k]: p for k, p in self.progress.items()}))
 
 
-async def test_a_write_renders_only_the_changed_schedules_and_holds_every_schedules_progress() -> None:
-    """At 12,000 Schedules a shard, a write every second that rendered every entry held the event loop for a
-    tenth of a second each time, and the runs due then were late by as much. A write renders the changed
-    entries and ``REVISIT`` more, and its checkpoint is the same as one rendered whole."""
-    shard, store = Shard(12_000), Recording()
+async def taken_over(shard: Shard, store: Recording) -> checkpoints.Checkpointer:
+    """A Checkpointer that took the shard over and wrote its first checkpoint."""
     writer = checkpoints.Checkpointer(store, progress=shard, shard_of=lambda key: 0, owns_shard=lambda shard: True)
     for key in shard.keys:
         writer.track(key)
     await writer.load(0)
     writer.adopted(0)
     await writer.flush()
+    return writer
+
+
+async def test_a_write_renders_only_the_changed_schedules_and_holds_every_schedules_progress() -> None:
+    """At 12,000 Schedules a shard, a write every second that rendered every entry held the event loop for a
+    tenth of a second each time, and the runs due then were late by as much. A write renders the changed
+    entries and ``REVISIT`` more, and its checkpoint is the same as one rendered whole."""
+    shard, store = Shard(12_000), Recording()
+    writer = await taken_over(shard, store)
     assert checkpoints.decode(store.written[-1]) == shard.expected()
     for step in range(1, 6):
         later = T + datetime.timedelta(seconds=step)
@@ -314,12 +320,7 @@ async def test_a_write_renders_only_the_changed_schedules_and_holds_every_schedu
 
 async def test_a_change_the_engine_did_not_report_is_in_the_checkpoint_within_a_round_of_revisits() -> None:
     shard, store = Shard(2_000), Recording()
-    writer = checkpoints.Checkpointer(store, progress=shard, shard_of=lambda key: 0, owns_shard=lambda shard: True)
-    for key in shard.keys:
-        writer.track(key)
-    await writer.load(0)
-    writer.adopted(0)
-    await writer.flush()
+    writer = await taken_over(shard, store)
     unreported = shard.keys[1_234]
     shard.progress[unreported] = engine.Progress(T + datetime.timedelta(seconds=9))
     writes = -(-len(shard.keys) // checkpoints.REVISIT)
