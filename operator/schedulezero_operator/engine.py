@@ -234,7 +234,8 @@ class Engine:
         self._observer = observer
         self._schedules: dict[ScheduleKey, ScheduleState] = {}
         self._handlers: dict[tuple[str, str], HandlerInfo] = {}
-        self._by_handler: defaultdict[tuple[str, str], set[ScheduleKey]] = defaultdict(set)
+        self._by_handler: defaultdict[tuple[str, str], dict[ScheduleKey, ScheduleState]] = defaultdict(dict)
+        """Each Handler's Schedules, with their state: a probe goes over them without a lookup each."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._firing: collections.deque[timer.Due] = collections.deque()
         """Due jobs the timer handed over and the engine has not looked at yet."""
@@ -331,8 +332,7 @@ class Engine:
         else:
             previous, self._handlers[namespace, name] = self._handlers.get((namespace, name)), info
         unchanged = info is not None and info == previous
-        for key in self._by_handler.get((namespace, name), ()):
-            state = self._schedules[key]
+        for state in self._by_handler.get((namespace, name), {}).values():
             if not (unchanged and state.next_run_time is not None):
                 self._refresh(state, only_if_changed=True)
 
@@ -1191,9 +1191,9 @@ class Engine:
 
     def _index(self, state: ScheduleState, spec: dict[str, Any]) -> None:
         old = (state.key.namespace, str(state.spec.get("handler")))
-        self._by_handler[old].discard(state.key)
+        self._by_handler[old].pop(state.key, None)
         if spec:
-            self._by_handler[state.key.namespace, str(spec.get("handler"))].add(state.key)
+            self._by_handler[state.key.namespace, str(spec.get("handler"))][state.key] = state
 
     def _event(self, key: ScheduleKey, *, warning: bool, reason: str, message: str) -> None:
         if not self._owns(key):  # its owner reports it
