@@ -53,10 +53,10 @@ MAX_SIZE = 900 * 1024
 """Largest checkpoint written; the API server refuses objects above 1 MiB, metadata included."""
 KEY = "progress.json"
 RECORDS_OVERHEAD = 4
+"""Bytes an entry grows by when it carries run records, besides the records (``,[],`` and the brackets)."""
 REVISIT = 500
 """Entries each write renders again although no change was reported for them, round the shard in turn: a
 change the engine failed to report is in the checkpoint within a few dozen writes all the same."""
-"""Bytes an entry grows by when it carries run records, besides the records (``,[],`` and the brackets)."""
 
 
 Packed = dict[str, list[list[Any]]]
